@@ -1,0 +1,1 @@
+"""Data: loaders for upstream formats, the fitted preprocessor, encoded splits and fast batching."""

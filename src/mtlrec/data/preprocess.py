@@ -1,0 +1,300 @@
+"""Preprocessing fitted on the training split only: THE one transform from raw values to model tensors.
+
+``Preprocessor.fit(train_frame, schema)`` learns vocabularies (with a min-count), dense fill values and
+normalisation statistics, and the scenario values. ``Preprocessor.transform(frame)`` turns any raw frame (a split,
+a batch file, the records of an online request) into an :class:`EncodedFrame` of contiguous numpy arrays. Training,
+batch scoring, the online server and Triton's preprocess model all call this one function, so train/serve skew is
+impossible by construction. The fitted state is plain JSON; nothing is pickled.
+
+Example:
+    >>> import pandas as pd
+    >>> from mtlrec.schema import FeatureSchema, SparseField, DenseField, TaskSpec
+    >>> schema = FeatureSchema(sparse=(SparseField(name="user"),), dense=(DenseField(name="age"),),
+    ...                        tasks=(TaskSpec(name="click"),))
+    >>> train = pd.DataFrame({"user": ["a", "b", "a"], "age": [20.0, None, 40.0], "click": [1, 0, 1]})
+    >>> pre = Preprocessor.fit(train, schema)
+    >>> pre.transform(pd.DataFrame({"user": ["a", "zzz"], "age": [30.0, 30.0]})).sparse.tolist()
+    [[2], [0]]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from mtlrec.config import StrictModel
+from mtlrec.errors import DataError, SchemaError
+from mtlrec.schema import FIRST_VALUE_ID, MISSING_ID, OOV_ID, DenseField, FeatureSchema
+
+PREPROCESSOR_VERSION = 1
+
+
+class DenseStats(StrictModel):
+    """Fitted statistics of one dense field (after the fill, on the transformed scale where it applies)."""
+
+    fill_value: float
+    center: float = Field(description="subtracted after the log1p/none transform (mean or min)")
+    scale: float = Field(description="divided by after centering (std or max - min); 1.0 when degenerate")
+
+
+class PreprocessorState(StrictModel):
+    """Everything ``transform`` needs, as JSON."""
+
+    version: int = PREPROCESSOR_VERSION
+    schema_: FeatureSchema = Field(alias="schema")
+    vocabularies: dict[str, list[str]] = Field(description="known values per sparse field; id = index + 2")
+    dense_stats: dict[str, DenseStats]
+
+
+@dataclass
+class EncodedFrame:
+    """Encoded rows as contiguous arrays, in schema order.
+
+    Attributes:
+        sparse: int64 ``[N, F]`` vocabulary ids.
+        dense: float32 ``[N, D]`` normalised values.
+        scenario: int64 ``[N]`` scenario ids, or None without a scenario field.
+        labels: float32 ``[N]`` per task name (empty when the frame had no label columns).
+        ids: the schema's id column as given, or None.
+        oov_counts: how many values per sparse field were mapped to the OOV id.
+    """
+
+    sparse: np.ndarray
+    dense: np.ndarray
+    scenario: np.ndarray | None
+    labels: dict[str, np.ndarray] = field(default_factory=dict)
+    ids: np.ndarray | None = None
+    oov_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def num_rows(self) -> int:
+        """Number of rows."""
+        return int(self.sparse.shape[0])
+
+
+def _category_strings(values: pd.Series) -> pd.Series:
+    """Raw categorical values as strings, so that 12, 12.0 and "12" are one category; missing stays NA."""
+    series = values
+    if pd.api.types.is_bool_dtype(series):
+        series = series.astype("Int64")
+    if pd.api.types.is_float_dtype(series):
+        finite = series.dropna()
+        if len(finite) == 0 or bool((finite == np.floor(finite)).all()):
+            series = series.astype("Int64")
+    out = series.astype("string").str.strip()
+    return out.mask(out == "", pd.NA)
+
+
+def _numeric(values: pd.Series, column: str) -> np.ndarray:
+    """Float64 values of a dense column; a non-numeric entry is a :class:`DataError` naming column, row and value."""
+    if pd.api.types.is_bool_dtype(values):
+        values = values.astype("float64")
+    converted = pd.to_numeric(values, errors="coerce")
+    bad = converted.isna() & values.notna()
+    if pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values):
+        bad &= values.astype("string").str.strip().fillna("") != ""
+    if bool(bad.any()):
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"dense column `{column}` has a non-numeric value {values.iloc[row]!r} at row {row} "
+            f"({int(bad.sum())} such rows)",
+            hint=f"fix or blank those values, or declare `{column}` as a sparse field",
+        )
+    return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _transform_dense(raw: np.ndarray, spec: DenseField) -> np.ndarray:
+    if spec.normalization == "log1p":
+        return np.sign(raw) * np.log1p(np.abs(raw))
+    return raw
+
+
+class Preprocessor:
+    """Fitted vocabularies and statistics; see the module docstring."""
+
+    def __init__(self, state: PreprocessorState) -> None:
+        self.state = state
+        self.schema = state.schema_
+        # value -> id lookups, rebuilt from the JSON state once.
+        self._categories = {name: pd.Index(values) for name, values in state.vocabularies.items()}
+        scenario = self.schema.scenario
+        self._scenario_index = pd.Index(scenario.values) if scenario is not None and scenario.values else None
+
+    # ------------------------------------------------------------------------------------------------ fit
+    @classmethod
+    def fit(cls, train: pd.DataFrame, schema: FeatureSchema) -> Preprocessor:
+        """Learn vocabularies and statistics from the training split only; return a fitted preprocessor."""
+        if len(train) == 0:
+            raise DataError("the training split is empty", hint="check the source files and the --rows option")
+        required = schema.feature_names + ([schema.scenario.name] if schema.scenario else [])
+        missing = [c for c in required if c not in train.columns]
+        if missing:
+            raise DataError(
+                f"columns declared in the schema are missing from the data: {', '.join(missing)}",
+                hint="fix the field names in the schema, or the data's header",
+            )
+        vocabularies: dict[str, list[str]] = {}
+        sparse_fields = []
+        for spec in schema.sparse:
+            counts = _category_strings(train[spec.name]).value_counts(dropna=True)
+            counts = counts[counts >= spec.min_count]
+            # Most frequent first (ties by value) so ids are stable for the same data, whatever the row order.
+            ordered = sorted(counts.items(), key=lambda kv: (-int(kv[1]), str(kv[0])))
+            vocabularies[spec.name] = [str(value) for value, _ in ordered]
+            sparse_fields.append(spec.model_copy(update={"vocab_size": FIRST_VALUE_ID + len(ordered)}))
+        dense_stats: dict[str, DenseStats] = {}
+        for dspec in schema.dense:
+            raw = _numeric(train[dspec.name], dspec.name)
+            present = raw[~np.isnan(raw)]
+            if dspec.fill == "zero" or len(present) == 0:
+                fill = 0.0
+            elif dspec.fill == "median":
+                fill = float(np.median(present))
+            else:
+                fill = float(present.mean())
+            values = _transform_dense(np.where(np.isnan(raw), fill, raw), dspec)
+            if dspec.normalization == "standardize":
+                center, scale = float(values.mean()), float(values.std())
+            elif dspec.normalization == "minmax":
+                center, scale = float(values.min()), float(values.max() - values.min())
+            else:
+                center, scale = 0.0, 1.0
+            dense_stats[dspec.name] = DenseStats(fill_value=fill, center=center, scale=scale if scale > 0 else 1.0)
+        scenario = schema.scenario
+        if scenario is not None:
+            values = _category_strings(train[scenario.name])
+            if bool(values.isna().any()):
+                row = int(np.flatnonzero(values.isna().to_numpy())[0])
+                raise DataError(
+                    f"scenario column `{scenario.name}` is missing at row {row}",
+                    hint="every row needs a scenario; drop or fill those rows",
+                )
+            found = tuple(sorted(values.unique().tolist()))
+            if scenario.values is not None:
+                unknown = sorted(set(found) - set(scenario.values))
+                if unknown:
+                    raise DataError(
+                        f"scenario column `{scenario.name}` has values not declared in the schema: {unknown[:5]}",
+                        hint=f"declared values are {list(scenario.values)}",
+                    )
+                found = scenario.values
+            scenario = scenario.model_copy(update={"values": found})
+        fitted = FeatureSchema.model_validate(
+            schema.model_copy(update={"sparse": tuple(sparse_fields), "scenario": scenario}).model_dump()
+        )
+        state = PreprocessorState(schema=fitted, vocabularies=vocabularies, dense_stats=dense_stats)
+        return cls(state)
+
+    # ------------------------------------------------------------------------------------------ transform
+    def transform(self, frame: pd.DataFrame, *, with_labels: bool | None = None) -> EncodedFrame:
+        """Encode raw rows. Labels are encoded when ``with_labels`` is True, or when None and all label columns exist.
+
+        Unseen or rare categories map to the OOV id (counted in ``oov_counts``); missing values follow each field's
+        rule; a non-numeric dense value, an unknown scenario or a bad label raise :class:`DataError`.
+        """
+        schema = self.schema
+        missing = [c for c in schema.feature_names if c not in frame.columns]
+        if schema.scenario is not None and schema.scenario.name not in frame.columns:
+            missing.append(schema.scenario.name)
+        if missing:
+            raise DataError(
+                f"columns missing from the input: {', '.join(missing)}",
+                hint=f"every row needs the fields {', '.join(schema.feature_names)}",
+            )
+        n = len(frame)
+        # [N, F] int64 vocabulary ids
+        sparse = np.empty((n, len(schema.sparse)), dtype=np.int64)
+        oov_counts: dict[str, int] = {}
+        for j, spec in enumerate(schema.sparse):
+            values = _category_strings(frame[spec.name])
+            codes = self._categories[spec.name].get_indexer(values.to_numpy(dtype=object, na_value=None))
+            is_missing = values.isna().to_numpy()
+            ids = np.where(codes >= 0, codes + FIRST_VALUE_ID, OOV_ID)
+            if spec.missing == "own_id":
+                ids[is_missing] = MISSING_ID
+            oov_counts[spec.name] = int(((codes < 0) & ~is_missing).sum())
+            sparse[:, j] = ids
+        # [N, D] float32 normalised values
+        dense = np.empty((n, len(schema.dense)), dtype=np.float32)
+        for j, dspec in enumerate(schema.dense):
+            stats = self.state.dense_stats[dspec.name]
+            raw = _numeric(frame[dspec.name], dspec.name)
+            raw = np.where(np.isnan(raw), stats.fill_value, raw)
+            with np.errstate(over="ignore", invalid="ignore"):
+                values = (_transform_dense(raw, dspec) - stats.center) / stats.scale
+            if dspec.clip is not None:
+                values = np.clip(values, -dspec.clip, dspec.clip)
+            dense[:, j] = np.nan_to_num(values, nan=0.0, posinf=dspec.clip or 0.0, neginf=-(dspec.clip or 0.0))
+        scenario_ids = self._encode_scenario(frame) if schema.scenario is not None else None
+        label_columns = [t.label_column for t in schema.tasks]
+        if with_labels is None:
+            with_labels = all(c in frame.columns for c in label_columns)
+        labels = self._encode_labels(frame) if with_labels else {}
+        ids = frame[schema.id_column].to_numpy() if schema.id_column and schema.id_column in frame.columns else None
+        return EncodedFrame(sparse, dense, scenario_ids, labels, ids, oov_counts)
+
+    def _encode_scenario(self, frame: pd.DataFrame) -> np.ndarray:
+        scenario = self.schema.scenario
+        assert scenario is not None and self._scenario_index is not None
+        values = _category_strings(frame[scenario.name])
+        codes = self._scenario_index.get_indexer(values.to_numpy(dtype=object, na_value=None))
+        if bool((codes < 0).any()):
+            row = int(np.flatnonzero(codes < 0)[0])
+            raise DataError(
+                f"scenario `{scenario.name}` has an unknown value {frame[scenario.name].iloc[row]!r} at row {row}",
+                hint=f"known scenarios are {list(scenario.values or ())}",
+            )
+        return codes.astype(np.int64)
+
+    def _encode_labels(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        labels: dict[str, np.ndarray] = {}
+        for task in self.schema.tasks:
+            column = task.label_column
+            if column not in frame.columns:
+                raise DataError(f"label column `{column}` of task `{task.name}` is missing from the data")
+            values = _numeric(frame[column], column).astype(np.float32)
+            if bool(np.isnan(values).any()):
+                row = int(np.flatnonzero(np.isnan(values))[0])
+                raise DataError(f"label `{column}` is missing at row {row}", hint="drop unlabeled rows")
+            if task.kind == "binary" and not bool(np.isin(values, (0.0, 1.0)).all()):
+                bad = values[~np.isin(values, (0.0, 1.0))][0]
+                raise DataError(
+                    f"binary label `{column}` has the value {bad!r}; only 0 and 1 are allowed",
+                    hint=f"derive a 0/1 label, or declare task `{task.name}` with kind: regression",
+                )
+            labels[task.name] = values
+        return labels
+
+    # ------------------------------------------------------------------------------------------------ JSON
+    def to_json(self) -> str:
+        """The fitted state as JSON (no pickle)."""
+        return json.dumps(self.state.model_dump(mode="json", by_alias=True), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Preprocessor:
+        """Rebuild from :meth:`to_json` output."""
+        return cls(PreprocessorState.model_validate_json(text))
+
+    def save(self, path: Path) -> None:
+        """Write the fitted state to ``path``."""
+        path.write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> Preprocessor:
+        """Read a state written by :meth:`save`."""
+        if not path.is_file():
+            raise SchemaError(f"preprocessor file not found: {path}", hint="run `mtlrec data prepare` to create it")
+        return cls.from_json(path.read_text())
+
+    def describe(self) -> dict[str, Any]:
+        """Vocabulary sizes and dense statistics, for summaries."""
+        return {
+            "vocab_sizes": {f.name: f.vocab_size for f in self.schema.sparse},
+            "dense": {k: v.model_dump() for k, v in self.state.dense_stats.items()},
+        }
