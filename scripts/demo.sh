@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Quick start 1/2: set everything up, then run the main job on the embedded default, on the CPU:
+# generate synthetic impression logs -> fit the preprocessor -> train MMoE -> evaluate on the test split.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+out="${MTLREC_DEMO_DIR:-runs/demo}"
+
+mtlrec data prepare synthetic --out "$out/data" --rows 200000 --seed 0
+mtlrec train --data "$out/data" --config configs/synthetic/mmoe.yaml --out "$out/mmoe"
+mtlrec evaluate "$out/mmoe" --split test

@@ -1,0 +1,1 @@
+"""The ``mtlrec`` command line: thin commands over the library."""

@@ -1,0 +1,43 @@
+"""The root ``mtlrec`` command: one sub-app or command per module, each a thin call into the library."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mtlrec import __version__
+from mtlrec.cli import data, models
+from mtlrec.cli.train import evaluate_cmd, train_cmd
+
+app = typer.Typer(
+    name="mtlrec",
+    help="Train, export, serve and load-test multi-task and multi-scenario recommendation models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data.app, name="data")
+app.add_typer(models.app, name="models")
+app.command("train")(train_cmd)
+app.command("evaluate")(evaluate_cmd)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mtlrec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """mtlrec: multi-task recommenders from raw logs to served predictions."""
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""Training: typed configs, the loop, metrics, self-describing checkpoints."""
