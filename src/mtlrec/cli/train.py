@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,20 +29,23 @@ class RichProgress:
         )
         self.task: Any = None
         self.rows = 0
+        self.batches = 0
+        self.started = 0.0
 
     def epoch_start(self, epoch: int, batches: int) -> None:
         """Start a bar for this epoch."""
         self.bar.start()
-        self.rows = 0
+        self.rows = self.batches = 0
+        self.started = time.perf_counter()
         self.task = self.bar.add_task("train", total=batches, epoch=epoch, rate="-")
 
     def advance(self, batches: int, rows: int) -> None:
         """Advance the bar (the rate is recomputed every 20 batches to keep drawing cheap)."""
         self.rows += rows
-        self.bar.advance(self.task, batches)
-        task = self.bar.tasks[self.task]
-        if task.completed % 20 == 0 and task.elapsed:
-            self.bar.update(self.task, rate=f"{self.rows / task.elapsed:,.0f}")
+        self.batches += batches
+        if self.batches % 20 == 0:
+            rate = self.rows / max(time.perf_counter() - self.started, 1e-9)
+            self.bar.update(self.task, advance=20, rate=f"{rate:,.0f}")
 
     def epoch_end(self, record: dict[str, Any]) -> None:
         """Print the epoch's losses and validation metrics."""

@@ -137,9 +137,10 @@ def table_to_encoded(schema: FeatureSchema, table: pa.Table) -> EncodedFrame:
 
     scenario = None
     if schema.scenario is not None:
-        scenario = table.column(schema.scenario.name).to_numpy().astype(np.int64, copy=False)
+        # np.array copies: Arrow buffers are read-only, and torch tensors over them would be too.
+        scenario = np.array(table.column(schema.scenario.name).to_numpy(), dtype=np.int64)
     labels = {
-        t: table.column(LABEL_PREFIX + t).to_numpy().astype(np.float32, copy=False)
+        t: np.array(table.column(LABEL_PREFIX + t).to_numpy(), dtype=np.float32)
         for t in schema.task_names
         if LABEL_PREFIX + t in table.column_names
     }

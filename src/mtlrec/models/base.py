@@ -47,8 +47,9 @@ def masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
     """Mean of ``values`` [B] over ``mask`` [B]; zero (with a gradient path) when the mask is empty."""
     if mask is None:
         return values.mean()
-    weights = mask.to(values.dtype)
-    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+    # where(), not values * mask: a NaN on a masked-out row must not poison the loss.
+    kept = torch.where(mask, values, torch.zeros_like(values))
+    return kept.sum() / mask.sum().clamp_min(1).to(values.dtype)
 
 
 def task_loss(prediction: Tensor, target: Target, *, from_logits: bool) -> Tensor:

@@ -49,7 +49,7 @@ class TrainConfig(StrictModel):
     eval_batch_size: int = Field(default=8192, ge=1, description="evaluation has no backward: larger is faster")
     epochs: int = Field(default=10, ge=1)
     loss_weights: dict[str, float] = Field(
-        default_factory=dict, description="weight per task name; tasks not listed weigh 1.0"
+        default_factory=dict, description="weight per loss term (task names, plus any auxiliary term); default 1.0"
     )
     early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
     seed: int = 0

@@ -1,8 +1,8 @@
 """The training loop: ``train(data, config, out) -> TrainResult``.
 
 The loop knows nothing about the model it trains: the model returns its outputs and named loss terms
-(:meth:`MultiTaskModel.compute_loss`), the trainer weighs terms named after tasks with ``loss_weights`` and adds
-the rest. Model selection uses the validation split only; the test split is for ``evaluate``.
+(:meth:`MultiTaskModel.compute_loss`), the trainer weighs each term with ``loss_weights`` (default 1) and sums
+them. Model selection uses the validation split only; the test split is for ``evaluate``.
 
 Determinism: the weights are initialised after ``torch.manual_seed(seed)``, the epoch permutations come from a
 generator seeded with ``seed``, so a seed (and a fixed ``num_threads``) gives the same run twice.
@@ -96,15 +96,20 @@ def evaluate_model(
 
 
 def _check_config(model: MultiTaskModel, config: RunConfig, val: EncodedData) -> None:
-    tasks = model.schema.task_names
-    unknown = sorted(set(config.train.loss_weights) - set(tasks))
+    """Refuse loss weights and an early-stopping task that this model does not have, before training starts."""
+    probe = next(val.batches(2))
+    model.eval()  # no batch-norm statistics or dropout randomness spent on the probe
+    with torch.no_grad():
+        _, losses = model.compute_loss(probe.features, probe.labels)
+    unknown = sorted(set(config.train.loss_weights) - set(losses))
     if unknown:
         raise ConfigError(
-            f"train.loss_weights names unknown tasks: {', '.join(unknown)}", hint=f"tasks are: {', '.join(tasks)}"
+            f"train.loss_weights names terms that `{config.model_name}` has no loss for: {', '.join(unknown)}",
+            hint=f"its loss terms are: {', '.join(losses)}",
         )
     stopping = config.train.early_stopping
     if stopping is not None and stopping.task is not None:
-        outputs = list(model.targets({t: v[:1] for t, v in val.labels.items()}))
+        outputs = list(model.targets(probe.labels))
         if stopping.task not in outputs:
             raise ConfigError(
                 f"train.early_stopping.task `{stopping.task}` is not an evaluated output of `{config.model_name}`",
@@ -153,7 +158,7 @@ def train(
     _check_config(model, config, val_split)
     optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = optimizer_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    weights = {t: cfg.loss_weights.get(t, 1.0) for t in schema.task_names}
+    weights = cfg.loss_weights
     stopping = cfg.early_stopping
     metric = stopping.metric if stopping else "auc"
     best_value, best_epoch, best_state, bad_epochs = math.nan, 0, None, 0
