@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-from common import REPO, shared_data, write_result
 
+from common import REPO, shared_data, write_result
 from mtlrec.data.dataset import open_prepared
 from mtlrec.data.prepare import prepare
 from mtlrec.train.config import build_run_config, load_run_config

@@ -35,7 +35,7 @@ def prepare_cmd(
     source: Annotated[
         Path | None, typer.Option("--source", help="upstream files: a folder, or the YAML spec for `tabular`")
     ] = None,
-    seed: Annotated[int, typer.Option(help="seeds splitting and generation")] = 0,
+    seed: Annotated[int, typer.Option(help="seeds splitting and generation", min=0)] = 0,
     rows: Annotated[int | None, typer.Option(help="cap on rows read per file (or generated)", min=1)] = None,
 ) -> None:
     """Load DATASET from its upstream files, fit the preprocessor on train only, write train/val/test Parquet."""
@@ -61,9 +61,16 @@ def prepare_cmd(
         on = f" (on {task.conditioned_on}=1)" if task.conditioned_on else ""
         table.add_column(f"{task.name} {'pos. rate' if task.kind == 'binary' else 'mean'}{on}", justify="right")
     for split, entry in result.summary.items():
-        table.add_row(split, "all", f"{entry['rows']:,}", *(fmt(entry["tasks"].get(t, math.nan)) for t in schema.task_names))
+        table.add_row(
+            split, "all", f"{entry['rows']:,}", *(fmt(entry["tasks"].get(t, math.nan)) for t in schema.task_names)
+        )
         for scen, values in entry["scenarios"].items():
-            table.add_row("", f"scenario {scen}", f"{values['rows']:,}", *(fmt(values.get(t, math.nan)) for t in schema.task_names))
+            table.add_row(
+                "",
+                f"scenario {scen}",
+                f"{values['rows']:,}",
+                *(fmt(values.get(t, math.nan)) for t in schema.task_names),
+            )
     console.print(table)
     console.print(
         f"schema {schema.hash()}: {len(schema.sparse)} sparse, {len(schema.dense)} dense fields"

@@ -52,9 +52,7 @@ class RichProgress:
         self.bar.remove_task(self.task)
         self.bar.stop()
         losses = " ".join(f"{k}={v:.4f}" for k, v in record["train_loss"].items())
-        val = " ".join(
-            f"{k}={fmt(m.get('auc', m.get('rmse', math.nan)))}" for k, m in record["val"].items()
-        )
+        val = " ".join(f"{k}={fmt(m.get('auc', m.get('rmse', math.nan)))}" for k, m in record["val"].items())
         err_console.print(
             f"epoch {record['epoch']:>3}  {record['samples_per_s']:>9,.0f} rows/s  loss {losses}  val {val}",
             highlight=False,
@@ -72,7 +70,7 @@ def train_cmd(
     lr: Annotated[float | None, typer.Option(help="override train.lr")] = None,
     batch_size: Annotated[int | None, typer.Option(help="override train.batch_size", min=1)] = None,
     weight_decay: Annotated[float | None, typer.Option(help="override train.weight_decay")] = None,
-    seed: Annotated[int | None, typer.Option(help="override train.seed")] = None,
+    seed: Annotated[int | None, typer.Option(help="override train.seed", min=0)] = None,
     threads: Annotated[int | None, typer.Option(help="override train.num_threads", min=1)] = None,
 ) -> None:
     """Train a model on a prepared data directory; select the epoch on the validation split; write RUN_DIR."""

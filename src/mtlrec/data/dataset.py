@@ -101,9 +101,7 @@ class EncodedData:
 
     def subset(self, rows: Tensor) -> EncodedData:
         """The rows at ``rows`` (a LongTensor of indices or a bool mask) as a new split."""
-        return EncodedData(
-            {k: v[rows] for k, v in self.features.items()}, {k: v[rows] for k, v in self.labels.items()}
-        )
+        return EncodedData({k: v[rows] for k, v in self.features.items()}, {k: v[rows] for k, v in self.labels.items()})
 
 
 # ---------------------------------------------------------------------------------------------------- parquet
@@ -187,7 +185,9 @@ def open_prepared(root: Path) -> PreparedData:
         raise DataError(f"data directory not found: {root}", hint="run `mtlrec data prepare DATASET --out DIR` first")
     for name in ("schema.json", "preprocessor.json"):
         if not (root / name).is_file():
-            raise DataError(f"{root} has no {name}", hint="it is not a prepared data directory; run `mtlrec data prepare`")
+            raise DataError(
+                f"{root} has no {name}", hint="it is not a prepared data directory; run `mtlrec data prepare`"
+            )
     schema = FeatureSchema.load(root / "schema.json")
     preprocessor = Preprocessor.load(root / "preprocessor.json")
     if preprocessor.schema.hash() != schema.hash():

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,15 +79,33 @@ class EncodedFrame:
         return int(self.sparse.shape[0])
 
 
+def _integral_to_int(value: Any) -> Any:
+    """12.0 -> 12 for one value of an object column; anything else unchanged."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) < 2.0**63:
+        return int(value)
+    return value
+
+
 def _category_strings(values: pd.Series) -> pd.Series:
-    """Raw categorical values as strings, so that 12, 12.0 and "12" are one category; missing stays NA."""
+    """Raw categorical values as strings, so that 12, 12.0 and "12" are one category; missing stays NA.
+
+    Integral floats are written as integers value by value (never a crash on inf or 1e30, which stay as
+    written), so a value reads the same whatever else its column holds.
+    """
     series = values
     if pd.api.types.is_bool_dtype(series):
         series = series.astype("Int64")
     if pd.api.types.is_float_dtype(series):
-        finite = series.dropna()
-        if len(finite) == 0 or bool((finite == np.floor(finite)).all()):
+        raw = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        integral = np.isfinite(raw) & (raw == np.floor(raw)) & (np.abs(raw) < 2.0**63)
+        if bool((integral | np.isnan(raw)).all()):
             series = series.astype("Int64")
+        else:
+            out = series.astype("string")
+            out[integral] = raw[integral].astype(np.int64).astype(str)
+            series = out
+    elif pd.api.types.is_object_dtype(series):
+        series = series.map(_integral_to_int, na_action="ignore")
     out = series.astype("string").str.strip()
     return out.mask(out == "", pd.NA)
 
@@ -106,12 +125,14 @@ def _numeric(values: pd.Series, column: str) -> np.ndarray:
             f"({int(bad.sum())} such rows)",
             hint=f"fix or blank those values, or declare `{column}` as a sparse field",
         )
-    return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+    out: np.ndarray = converted.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
 
 
 def _transform_dense(raw: np.ndarray, spec: DenseField) -> np.ndarray:
     if spec.normalization == "log1p":
-        return np.sign(raw) * np.log1p(np.abs(raw))
+        logged: np.ndarray = np.sign(raw) * np.log1p(np.abs(raw))
+        return logged
     return raw
 
 
@@ -159,7 +180,9 @@ class Preprocessor:
             else:
                 fill = float(present.mean())
             values = _transform_dense(np.where(np.isnan(raw), fill, raw), dspec)
-            if dspec.normalization == "standardize":
+            # log1p is followed by standardisation: the log alone leaves inputs around 2-4, off-centre for the
+            # first layer; centring keeps every normalisation's output near zero mean and unit spread.
+            if dspec.normalization in ("standardize", "log1p"):
                 center, scale = float(values.mean()), float(values.std())
             elif dspec.normalization == "minmax":
                 center, scale = float(values.min()), float(values.max() - values.min())
@@ -236,8 +259,10 @@ class Preprocessor:
         if with_labels is None:
             with_labels = all(c in frame.columns for c in label_columns)
         labels = self._encode_labels(frame) if with_labels else {}
-        ids = frame[schema.id_column].to_numpy() if schema.id_column and schema.id_column in frame.columns else None
-        return EncodedFrame(sparse, dense, scenario_ids, labels, ids, oov_counts)
+        row_ids = None
+        if schema.id_column is not None and schema.id_column in frame.columns:
+            row_ids = frame[schema.id_column].to_numpy()
+        return EncodedFrame(sparse, dense, scenario_ids, labels, row_ids, oov_counts)
 
     def _encode_scenario(self, frame: pd.DataFrame) -> np.ndarray:
         scenario = self.schema.scenario
@@ -250,7 +275,8 @@ class Preprocessor:
                 f"scenario `{scenario.name}` has an unknown value {frame[scenario.name].iloc[row]!r} at row {row}",
                 hint=f"known scenarios are {list(scenario.values or ())}",
             )
-        return codes.astype(np.int64)
+        scenario_ids: np.ndarray = codes.astype(np.int64)
+        return scenario_ids
 
     def _encode_labels(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
         labels: dict[str, np.ndarray] = {}

@@ -44,12 +44,8 @@ class ESMMConfig(ModelConfig):
     its expert units for both towers).
     """
 
-    ctr_tower: MLPConfig = Field(
-        default=MLPConfig(hidden=(256, 128)), description="tower of the parent (click) task"
-    )
-    cvr_tower: MLPConfig = Field(
-        default=MLPConfig(hidden=(256, 128)), description="tower of the child (conversion)"
-    )
+    ctr_tower: MLPConfig = Field(default=MLPConfig(hidden=(256, 128)), description="tower of the parent (click) task")
+    cvr_tower: MLPConfig = Field(default=MLPConfig(hidden=(256, 128)), description="tower of the child (conversion)")
     funnel: tuple[str, str] | None = Field(
         default=None,
         description="(parent, child) tasks to treat as a funnel when the schema declares none; a forced fit "
@@ -98,8 +94,7 @@ def _funnel(schema: FeatureSchema, explicit: tuple[str, str] | None = None) -> t
     ``explicit`` (the config's ``funnel``) names the pair for a schema that declares no ``conditioned_on``.
     """
     described = ", ".join(
-        f"`{t.name}`" + (f" (conditioned_on `{t.conditioned_on}`)" if t.conditioned_on else "")
-        for t in schema.tasks
+        f"`{t.name}`" + (f" (conditioned_on `{t.conditioned_on}`)" if t.conditioned_on else "") for t in schema.tasks
     )
     pairs = [(t.conditioned_on, t.name) for t in schema.tasks if t.conditioned_on is not None]
     if explicit is not None:
@@ -213,9 +208,7 @@ class ESMM(MultiTaskModel):
         """
         logits = self.logits(features)
         targets = self.targets(labels)
-        product = product_bce_with_logits(
-            logits[self.parent], logits[self.child], targets[self.product_name].label
-        )
+        product = product_bce_with_logits(logits[self.parent], logits[self.child], targets[self.product_name].label)
         losses = {
             self.parent: task_loss(logits[self.parent], targets[self.parent], from_logits=True),
             self.product_name: masked_mean(product, None),

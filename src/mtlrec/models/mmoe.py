@@ -46,9 +46,7 @@ class MMoEConfig(ModelConfig):
     num_experts: int = Field(default=4, ge=1, description="number of experts E shared by every task")
     expert: MLPConfig = Field(default=MLPConfig(hidden=(256, 128)), description="layers of each expert")
     gate: MLPConfig | None = Field(default=None, description="hidden layers of each gate; None = linear gate")
-    tower: MLPConfig = Field(
-        default=MLPConfig(hidden=(64,)), description="hidden layers of each task's tower"
-    )
+    tower: MLPConfig = Field(default=MLPConfig(hidden=(64,)), description="hidden layers of each task's tower")
 
 
 @register_model("mmoe", tracks=("mtl",))

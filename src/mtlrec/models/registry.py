@@ -64,9 +64,7 @@ def model_config(name: str, values: Mapping[str, Any] | ModelConfig | None, wher
     return validate(cls.config_class, dict(values or {}), where)
 
 
-def build_model(
-    name: str, config: Mapping[str, Any] | ModelConfig | None, schema: FeatureSchema
-) -> MultiTaskModel:
+def build_model(name: str, config: Mapping[str, Any] | ModelConfig | None, schema: FeatureSchema) -> MultiTaskModel:
     """Build model ``name`` for a fitted ``schema`` from its config (a mapping, a config object or None)."""
     cls = get_model_class(name)
     if not schema.is_fitted:

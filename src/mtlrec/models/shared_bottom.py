@@ -35,12 +35,8 @@ class SharedBottomConfig(ModelConfig):
     (256, 128), towers (64,).
     """
 
-    bottom: MLPConfig = Field(
-        default=MLPConfig(hidden=(256, 128)), description="the MLP shared by every task"
-    )
-    tower: MLPConfig = Field(
-        default=MLPConfig(hidden=(64,)), description="hidden layers of each task's tower"
-    )
+    bottom: MLPConfig = Field(default=MLPConfig(hidden=(256, 128)), description="the MLP shared by every task")
+    tower: MLPConfig = Field(default=MLPConfig(hidden=(64,)), description="hidden layers of each task's tower")
 
 
 @register_model("shared_bottom", tracks=("mtl",))
@@ -64,9 +60,7 @@ class SharedBottom(MultiTaskModel):
         super().__init__(config, schema)
         self.embedding = FeatureEmbedding(schema, config.embed_dim)
         self.bottom = MLP(self.embedding.output_dim, config.bottom)
-        self.towers = nn.ModuleDict(
-            {name: Tower(self.bottom.output_dim, config.tower) for name in schema.task_names}
-        )
+        self.towers = nn.ModuleDict({name: Tower(self.bottom.output_dim, config.tower) for name in schema.task_names})
 
     def logits(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """Logit (or regression value) per task, [B] each."""

@@ -58,7 +58,11 @@ class DenseField(StrictModel):
     """A numeric field: missing values filled, then normalised, then clipped."""
 
     name: str = Field(pattern=_NAME_PATTERN)
-    normalization: Literal["standardize", "log1p", "minmax", "none"] = "standardize"
+    normalization: Literal["standardize", "log1p", "minmax", "none"] = Field(
+        default="standardize",
+        description="standardize: (x - mean) / std; log1p: sign(x)·log1p(|x|), then standardized (for heavy tails); "
+        "minmax: (x - min) / (max - min); none: as is. Statistics come from the training split.",
+    )
     fill: Literal["mean", "median", "zero"] = Field(
         default="mean", description="value used for a missing entry, computed on the training split"
     )

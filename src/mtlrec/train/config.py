@@ -33,9 +33,7 @@ class EarlyStopping(StrictModel):
     metric: Literal["auc", "logloss"] = Field(
         default="auc", description="validation metric; auc is maximised, logloss minimised"
     )
-    task: str | None = Field(
-        default=None, description="the task to monitor; None = mean over all evaluated outputs"
-    )
+    task: str | None = Field(default=None, description="the task to monitor; None = mean over all evaluated outputs")
     min_delta: float = Field(default=0.0, ge=0.0)
 
 
@@ -52,7 +50,7 @@ class TrainConfig(StrictModel):
         default_factory=dict, description="weight per loss term (task names, plus any auxiliary term); default 1.0"
     )
     early_stopping: EarlyStopping | None = Field(default_factory=EarlyStopping)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0)
     # Why a fixed thread count: results are reproducible for a seed only with a fixed intra-op thread count;
     # None keeps torch's default (all cores).
     num_threads: int | None = Field(default=None, ge=1)
@@ -85,7 +83,8 @@ def build_run_config(
     unknown = set(values) - {"model", "train"}
     if unknown:
         raise ConfigError(
-            f"{where}: unknown top-level keys: {', '.join(sorted(unknown))}", hint="a run config has `model` and `train`"
+            f"{where}: unknown top-level keys: {', '.join(sorted(unknown))}",
+            hint="a run config has `model` and `train`",
         )
     model_values = dict(values.get("model") or {})
     file_model = model_values.pop("name", None)

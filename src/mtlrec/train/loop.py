@@ -85,14 +85,12 @@ def evaluate_model(
     if not data.labels:
         raise DataError("this split has no labels to evaluate against")
     predictions = predict(model, data, batch_size)
-    targets = {}
+    targets: dict[str, tuple[np.ndarray, np.ndarray, str]] = {}
     for name, target in model.targets(data.labels).items():
         mask = target.mask if target.mask is not None else torch.ones_like(target.label, dtype=torch.bool)
         targets[name] = (target.label.numpy(), mask.numpy(), target.kind)
     scenario = data.features.get("scenario")
-    return compute_metrics(
-        predictions, targets, scenario.numpy() if scenario is not None else None, scenario_names
-    )
+    return compute_metrics(predictions, targets, scenario.numpy() if scenario is not None else None, scenario_names)
 
 
 def _check_config(model: MultiTaskModel, config: RunConfig, val: EncodedData) -> None:

@@ -89,9 +89,7 @@ def test_esmm_loss_equals_manual_bce_over_all_rows(tiny_schema: FeatureSchema, t
     assert (losses["ctr"] + losses["ctcvr"]).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_esmm_cvr_tower_learns_only_through_the_product(
-    tiny_schema: FeatureSchema, tiny_batch: Batch
-) -> None:
+def test_esmm_cvr_tower_learns_only_through_the_product(tiny_schema: FeatureSchema, tiny_batch: Batch) -> None:
     model = _esmm(tiny_schema)
     _, losses = model.compute_loss(tiny_batch.features, tiny_batch.labels)
     losses["ctr"].backward(retain_graph=True)

@@ -47,9 +47,7 @@ def test_mmoe_gate_weights_are_b_by_e_and_sum_to_one(
         assert torch.allclose(w.sum(dim=1), torch.ones(tiny_batch.size)), task
 
 
-def test_mmoe_logit_is_tower_of_gate_weighted_expert_sum(
-    tiny_schema: FeatureSchema, tiny_batch: Batch
-) -> None:
+def test_mmoe_logit_is_tower_of_gate_weighted_expert_sum(tiny_schema: FeatureSchema, tiny_batch: Batch) -> None:
     model = _mmoe(tiny_schema).eval()
     x0 = model.embedding(tiny_batch.features)
     gates = model.gate_weights(tiny_batch.features)

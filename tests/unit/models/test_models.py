@@ -72,9 +72,7 @@ def test_model_builds_with_its_default_config(name: str, request: pytest.Fixture
 
 
 @pytest.mark.parametrize("name", REGISTERED)
-def test_model_every_parameter_gets_a_gradient_from_compute_loss(
-    name: str, request: pytest.FixtureRequest
-) -> None:
+def test_model_every_parameter_gets_a_gradient_from_compute_loss(name: str, request: pytest.FixtureRequest) -> None:
     model, batch = _case(name, request)
     outputs, losses = model.compute_loss(batch.features, batch.labels)
     assert list(outputs) == model.output_names

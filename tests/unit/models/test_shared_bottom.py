@@ -27,14 +27,10 @@ def test_shared_bottom_logit_is_tower_of_shared_bottom(tiny_schema: FeatureSchem
         assert torch.allclose(logits[task], model.towers[task](shared))
 
 
-def test_shared_bottom_default_loss_masks_the_conditioned_task(
-    tiny_schema: FeatureSchema, tiny_batch: Batch
-) -> None:
+def test_shared_bottom_default_loss_masks_the_conditioned_task(tiny_schema: FeatureSchema, tiny_batch: Batch) -> None:
     torch.manual_seed(0)
     model = build_model("shared_bottom", {"bottom": {"hidden": [8]}}, tiny_schema)
     outputs, losses = model.compute_loss(tiny_batch.features, tiny_batch.labels)
     clicked = tiny_batch.labels["ctr"] == 1
-    expected = torch.nn.functional.binary_cross_entropy(
-        outputs["cvr"][clicked], tiny_batch.labels["cvr"][clicked]
-    )
+    expected = torch.nn.functional.binary_cross_entropy(outputs["cvr"][clicked], tiny_batch.labels["cvr"][clicked])
     assert torch.allclose(losses["cvr"], expected, atol=1e-6)

@@ -72,7 +72,7 @@ def test_train_refuses_loss_weight_for_a_term_the_model_lacks(synthetic_dir: Pat
 
 def test_train_refuses_early_stopping_on_unknown_output(synthetic_dir: Path) -> None:
     cfg = small_config("mmoe", early_stopping={"task": "ctcvr"})
-    with pytest.raises(ConfigError, match="early_stopping.task `ctcvr`"):
+    with pytest.raises(ConfigError, match=r"early_stopping\.task `ctcvr`"):
         train(open_prepared(synthetic_dir), cfg)
 
 
@@ -134,5 +134,5 @@ def test_evaluate_run_refuses_data_of_another_schema(synthetic_dir: Path, tmp_pa
 
 def test_load_run_names_missing_files(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
-    with pytest.raises(CheckpointError, match="missing model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"missing model\.safetensors"):
         load_run(tmp_path / "run")

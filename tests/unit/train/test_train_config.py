@@ -33,7 +33,7 @@ def test_build_run_config_refuses_unknown_section() -> None:
 
 
 def test_build_run_config_refuses_model_mismatch() -> None:
-    with pytest.raises(ConfigError, match="model.name is `mmoe` but `esmm`"):
+    with pytest.raises(ConfigError, match=r"model\.name is `mmoe` but `esmm`"):
         build_run_config("esmm", {"model": {"name": "mmoe"}})
 
 

@@ -153,8 +153,7 @@ def read_census_file(path: Path, rows: int | None = None) -> pd.DataFrame:
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as err:
         raise DataError(
             f"cannot read {path}: {err}",
-            hint="expected the UCI census-income format: 42 comma+space separated values per line "
-            "(plain, .gz or .bz2)",
+            hint="expected the UCI census-income format: 42 comma+space separated values per line (plain, .gz or .bz2)",
         ) from None
     if frame.shape[1] != len(COLUMNS):
         raise DataError(
@@ -162,7 +161,7 @@ def read_census_file(path: Path, rows: int | None = None) -> pd.DataFrame:
             hint="expected the UCI census-income format (census-income.data/.test), not a preprocessed copy",
         )
     if len(frame) == 0:
-        raise DataError(f"{path} has no rows", hint="download the file again as published by UCI")
+        raise DataError(f"{path} is empty: it has no rows", hint="download the file again as published by UCI")
     frame.columns = list(COLUMNS)
     return frame
 
@@ -186,9 +185,7 @@ def derive_labels(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     missing = marital.isna().to_numpy()
     if missing.any():
         row = int(np.flatnonzero(missing)[0])
-        raise DataError(
-            f"{path}: marital_stat is missing at row {row}", hint="is this the unmodified UCI file?"
-        )
+        raise DataError(f"{path}: marital_stat is missing at row {row}", hint="is this the unmodified UCI file?")
     out = frame.drop(columns=list(_NOT_INPUTS))
     out["income"] = (income == INCOME_POSITIVE).to_numpy(dtype=np.int8)
     out["never_married"] = (marital == NEVER_MARRIED).to_numpy(dtype=np.int8)

@@ -61,9 +61,7 @@ class SplitFractions(StrictModel):
     @model_validator(mode="after")
     def _check(self) -> SplitFractions:
         if self.val + self.test >= 1:
-            raise ValueError(
-                f"val + test must be below 1 (got {self.val} + {self.test}), so that train keeps rows"
-            )
+            raise ValueError(f"val + test must be below 1 (got {self.val} + {self.test}), so that train keeps rows")
         return self
 
 
@@ -81,13 +79,9 @@ class FilesSpec(StrictModel):
         per_split = [self.train, self.val, self.test]
         if self.path is not None:
             if any(p is not None for p in per_split):
-                raise ValueError(
-                    "give either `path` (one file, split at random) or `train`/`val`/`test`, not both"
-                )
+                raise ValueError("give either `path` (one file, split at random) or `train`/`val`/`test`, not both")
         elif any(p is None for p in per_split):
-            raise ValueError(
-                "give `path` (one file, split at random) or all three of `train`, `val` and `test`"
-            )
+            raise ValueError("give `path` (one file, split at random) or all three of `train`, `val` and `test`")
         elif self.split is not None:
             raise ValueError("`split` applies to a single `path`; with train/val/test files, leave it out")
         return self
@@ -175,7 +169,9 @@ def _check_columns(path: Path, present: list[str], needed: list[str]) -> None:
         )
 
 
-def read_table(path: Path, columns: list[str], csv: CsvOptions, rows: int | None = None) -> pd.DataFrame:
+def read_table(
+    path: Path, columns: list[str], csv: CsvOptions, rows: int | None = None, text_columns: tuple[str, ...] = ()
+) -> pd.DataFrame:
     """Read ``columns`` of a CSV or Parquet file.
 
     Args:
@@ -183,6 +179,7 @@ def read_table(path: Path, columns: list[str], csv: CsvOptions, rows: int | None
         columns: the columns to read; each must exist.
         csv: separator, encoding and extra NA strings for CSV files.
         rows: read at most this many rows.
+        text_columns: CSV columns read as text, not inferred (categorical codes keep leading zeros: "01234").
 
     Returns:
         The columns, in the order given.
@@ -191,9 +188,7 @@ def read_table(path: Path, columns: list[str], csv: CsvOptions, rows: int | None
         DataError: the file is missing, unreadable, lacks a column or has no rows.
     """
     if not path.is_file():
-        raise DataError(
-            f"data file not found: {path}", hint="fix the path in the spec (relative to the YAML file)"
-        )
+        raise DataError(f"data file not found: {path}", hint="fix the path in the spec (relative to the YAML file)")
     kind = _file_kind(path)
     try:
         if kind == "parquet":
@@ -217,15 +212,16 @@ def read_table(path: Path, columns: list[str], csv: CsvOptions, rows: int | None
                 options["na_values"] = list(csv.na_values)
             header = list(pd.read_csv(path, nrows=0, **options).columns)
             _check_columns(path, header, columns)
-            frame = pd.read_csv(path, usecols=columns, nrows=rows, low_memory=False, **options)
+            dtypes = {c: "string" for c in text_columns if c in columns}
+            frame = pd.read_csv(path, usecols=columns, nrows=rows, low_memory=False, dtype=dtypes, **options)
     except pd.errors.EmptyDataError:
         raise DataError(f"{path} is empty", hint="expected a header line and at least one row") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, pa.ArrowException, OSError, EOFError) as err:
+    except (pd.errors.ParserError, UnicodeDecodeError, LookupError, pa.ArrowException, OSError, EOFError) as err:
         raise DataError(
-            f"cannot read {path}: {err}", hint="check the file type, the separator and the encoding"
+            f"cannot read {path}: {err}", hint="check the file type, the CSV separator and the encoding"
         ) from None
     if len(frame) == 0:
-        raise DataError(f"{path} has no rows", hint="a data file needs at least one row")
+        raise DataError(f"{path} is empty: it has no data rows", hint="a data file needs a header and at least one row")
     return frame[columns]
 
 
@@ -245,9 +241,7 @@ def split_by_fractions(frame: pd.DataFrame, fractions: SplitFractions, seed: int
         )
     perm = np.random.default_rng(seed).permutation(n)
     parts = {"val": perm[:n_val], "test": perm[n_val : n_val + n_test], "train": perm[n_val + n_test :]}
-    return {
-        name: frame.take(np.sort(parts[name])).reset_index(drop=True) for name in ("train", "val", "test")
-    }
+    return {name: frame.take(np.sort(parts[name])).reset_index(drop=True) for name in ("train", "val", "test")}
 
 
 @register_dataset
@@ -278,28 +272,25 @@ class Tabular(DatasetLoader):
         if source is None:
             raise DataError("dataset `tabular` needs --source", hint=self.info.source_hint)
         if source.is_dir():
-            raise DataError(
-                f"--source {source} is a folder", hint="for `tabular`, --source is the YAML spec file"
-            )
+            raise DataError(f"--source {source} is a folder", hint="for `tabular`, --source is the YAML spec file")
         if seed < 0:
             raise ConfigError(f"seed must be >= 0, got {seed}", hint="pass a non-negative --seed")
         spec = load_yaml(source, TabularSpec)
         schema = spec.to_schema()
         columns = required_columns(schema)
+        text = tuple(schema.sparse_names) + ((schema.scenario.name,) if schema.scenario else ())
         base = source.resolve().parent
         files = spec.files
         notes = {"spec": str(source.resolve())}
         if files.path is not None:
             path = _resolve(base, files.path)
             fractions = files.split or SplitFractions()
-            splits = split_by_fractions(read_table(path, columns, spec.csv, rows), fractions, seed)
+            splits = split_by_fractions(read_table(path, columns, spec.csv, rows, text), fractions, seed)
             notes["files"] = str(path)
-            notes["split"] = (
-                f"val {fractions.val}, test {fractions.test} of the rows, by a permutation seeded {seed}"
-            )
+            notes["split"] = f"val {fractions.val}, test {fractions.test} of the rows, by a permutation seeded {seed}"
         else:
             paths = {name: _resolve(base, str(getattr(files, name))) for name in ("train", "val", "test")}
-            splits = {name: read_table(path, columns, spec.csv, rows) for name, path in paths.items()}
+            splits = {name: read_table(path, columns, spec.csv, rows, text) for name, path in paths.items()}
             notes["files"] = ", ".join(f"{name}={path}" for name, path in paths.items())
             notes["split"] = "as given by the files"
         return RawDataset(schema=schema, splits=splits, notes=notes)
