@@ -7,10 +7,11 @@ them. Model selection uses the validation split only; the test split is for ``ev
 Determinism: the weights are initialised after ``torch.manual_seed(seed)``, the epoch permutations come from a
 generator seeded with ``seed``, so a seed (and a fixed ``num_threads``) gives the same run twice.
 
-Example:
-    >>> from mtlrec.data.dataset import open_prepared          # doctest: +SKIP
-    >>> result = train(open_prepared(Path("data/synthetic")),  # doctest: +SKIP
-    ...                build_run_config("mmoe"), Path("runs/mmoe"))
+Example::
+
+    from mtlrec.train.config import build_run_config
+    result = train(Path("data/synthetic"), build_run_config("mmoe"), Path("runs/mmoe"))
+    print(result.best_epoch, result.val_metrics["tasks"]["ctr"]["auc"])
 """
 
 from __future__ import annotations
