@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mtlrec.config import load_yaml
 from mtlrec.data.loaders import get_dataset
 from mtlrec.data.loaders.tabular import TabularSpec
 from mtlrec.errors import ConfigError, DataError, LabelLeakageError
@@ -217,3 +218,10 @@ def test_csv_categorical_codes_keep_leading_zeros(tmp_path: Path) -> None:
     spec.write_text("files: {path: rows.csv, split: {val: 0.2, test: 0.2}}\nsparse: [zip]\ntasks: [{name: click}]\n")
     raw = get_dataset("tabular").load(spec, seed=0, rows=None)
     assert set(raw.splits["train"]["zip"]) == {"01234", "1234"}
+
+
+def test_shipped_example_spec_is_valid() -> None:
+    example = Path(__file__).resolve().parents[3] / "configs" / "tabular-example.yaml"
+    schema = load_yaml(example, TabularSpec).to_schema()
+    assert schema.task("cvr").conditioned_on == "ctr"
+    assert schema.scenario is not None and schema.id_column == "request_id"
