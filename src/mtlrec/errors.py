@@ -38,3 +38,15 @@ class ModelError(MtlrecError):
 
 class CheckpointError(MtlrecError):
     """A checkpoint directory is missing files or does not match the data it is used with."""
+
+
+class ExportError(MtlrecError):
+    """A model cannot be exported, or an exported artifact does not match its spec or the eager model."""
+
+
+class ShapeMismatch(ExportError):  # noqa: N818  (name fixed by the export API)
+    """An exported artifact returns an output whose shape differs from the spec."""
+
+
+class ToleranceExceeded(ExportError):  # noqa: N818  (name fixed by the export API)
+    """An exported artifact's outputs differ from eager PyTorch by more than the spec's tolerance."""

@@ -8,6 +8,7 @@ import typer
 
 from mtlrec import __version__
 from mtlrec.cli import data, models
+from mtlrec.cli.export import export_cmd, repo_app
 from mtlrec.cli.train import evaluate_cmd, train_cmd
 
 app = typer.Typer(
@@ -21,6 +22,8 @@ app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
 app.command("train")(train_cmd)
 app.command("evaluate")(evaluate_cmd)
+app.command("export")(export_cmd)
+app.add_typer(repo_app, name="repo")
 
 
 def _version(value: bool) -> None:

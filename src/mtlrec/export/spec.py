@@ -11,7 +11,8 @@ Inputs (positional, in this order; each only where the schema has it):
 
 Outputs: one float32 ``[B, 1]`` tensor per model output (task name, plus extra outputs such as ESMM's ``ctcvr``),
 in the model's ``output_names`` order. The PyTorch (libtorch) backend of Triton binds outputs by the
-``<name>__<index>`` convention, so TorchScript models carry ``ctr__0``, ``cvr__1``: :meth:`ExportSpec.backend_output_name`.
+``<name>__<index>`` convention, so TorchScript models carry ``ctr__0``, ``cvr__1``:
+:meth:`ExportSpec.backend_output_name`.
 
 Example:
     >>> from mtlrec.schema import FeatureSchema, SparseField, TaskSpec
@@ -36,13 +37,14 @@ from mtlrec.schema import DENSE, SCENARIO, SPARSE_IDS, FeatureSchema
 DEFAULT_OPSET = 18
 SPEC_VERSION = 1
 Platform = Literal["onnxruntime_onnx", "pytorch_libtorch"]
+Dtype = Literal["int64", "float32"]
 
 
 class TensorSpec(StrictModel):
     """One input or output tensor: name, dtype and per-row shape (the batch axis is implicit and dynamic)."""
 
     name: str
-    dtype: Literal["int64", "float32"]
+    dtype: Dtype
     shape: list[int] = Field(description="dims after the batch axis; [] for one value per row")
 
 
@@ -88,12 +90,12 @@ def build_export_spec(
     schema: FeatureSchema, model: str, output_names: list[str], *, opset: int = DEFAULT_OPSET, atol: float = 1e-5
 ) -> ExportSpec:
     """The export spec of a model with ``output_names`` over a fitted ``schema``."""
-    shapes = {
+    shapes: dict[str, tuple[Dtype, list[int]]] = {
         SPARSE_IDS: ("int64", [len(schema.sparse)]),
         DENSE: ("float32", [len(schema.dense)]),
         SCENARIO: ("int64", []),
     }
-    inputs = [TensorSpec(name=n, dtype=shapes[n][0], shape=shapes[n][1]) for n in schema.input_names]  # type: ignore[arg-type]
+    inputs = [TensorSpec(name=n, dtype=shapes[n][0], shape=shapes[n][1]) for n in schema.input_names]
     outputs = [TensorSpec(name=n, dtype="float32", shape=[1]) for n in output_names]
     return ExportSpec(
         model=model,
@@ -101,5 +103,5 @@ def build_export_spec(
         inputs=inputs,
         outputs=outputs,
         opset=opset,
-        atol={n: atol for n in output_names},
+        atol=dict.fromkeys(output_names, atol),
     )

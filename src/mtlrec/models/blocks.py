@@ -194,8 +194,9 @@ class Gate(nn.Module):
         hidden: optional layers before the final Linear (None = the linear gate of the MMoE paper).
 
     Example:
-        >>> Gate(6, num_experts=3, hidden=None)(torch.zeros(2, 6)).sum(dim=1)
-        tensor([1., 1.], grad_fn=<SumBackward1>)
+        >>> weights = Gate(6, num_experts=3, hidden=None)(torch.zeros(2, 6))
+        >>> weights.shape, torch.allclose(weights.sum(dim=1), torch.ones(2))
+        (torch.Size([2, 3]), True)
     """
 
     def __init__(self, in_dim: int, num_experts: int, hidden: MLPConfig | None) -> None:
