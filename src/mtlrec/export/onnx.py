@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,10 +99,19 @@ def export_onnx(model: MultiTaskModel, spec: ExportSpec, path: Path) -> Path:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Silence the exporter's progress lines and warnings (they do not concern a correct export)."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
+    """Silence the exporter's progress lines and warnings (they do not concern a correct export).
+
+    The registry logs "torchvision is not installed" through ``logging``; that logger is lowered for the export only.
+    """
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        registry_log.setLevel(level)
 
 
 def _value_info(tensor: TensorSpec, batch_axis: str) -> onnx.ValueInfoProto:
