@@ -4,7 +4,7 @@
 # -> export a verified version into model_repository/ -> validate the repository against Triton's rules.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup.sh onnx,triton,serve
+source scripts/setup.sh onnx,triton,serve,load
 out="${MTLREC_DEMO_DIR:-runs/demo}"
 repo="${MTLREC_REPO:-model_repository}"
 

@@ -14,7 +14,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python="${PYTHON:-python3}"
 venv=.venv-triton
 # The stamp (this list) makes re-runs fast; a changed list reinstalls.
-reqs=("numpy<2" "nvidia-pytriton" "onnxruntime" "pandas" "pyarrow" "pydantic" "pyyaml" "safetensors" "typer" "rich"
+# pyarrow<22: later wheels require numpy 2 at import (the preprocessor looks categories up with pyarrow).
+reqs=("numpy<2" "nvidia-pytriton" "onnxruntime" "pandas" "pyarrow<22" "pydantic" "pyyaml" "safetensors" "typer" "rich"
   "scikit-learn")
 stamp="$venv/.mtlrec-setup-stamp"
 want="v1 ${reqs[*]}"
@@ -22,7 +23,7 @@ want="v1 ${reqs[*]}"
 server_ok() {
   "$venv/bin/python" - <<'PY' 2>/dev/null
 import os, pathlib, sys
-import numpy, onnxruntime, torch, pytriton, mtlrec  # noqa: F401
+import numpy, onnxruntime, pyarrow, torch, pytriton, mtlrec.data.preprocess  # noqa: F401
 assert int(numpy.__version__.split(".")[0]) < 2, numpy.__version__
 exe = pathlib.Path(pytriton.__file__).parent / "tritonserver" / "bin" / "tritonserver"
 sys.exit(0 if os.access(exe, os.X_OK) else 1)

@@ -9,6 +9,10 @@ import typer
 from mtlrec import __version__
 from mtlrec.cli import data, models
 from mtlrec.cli.export import export_cmd, repo_app
+from mtlrec.cli.loadtest import bench_app, loadtest_cmd
+from mtlrec.cli.predict import predict_cmd
+from mtlrec.cli.score import score_cmd
+from mtlrec.cli.serve import serve_cmd
 from mtlrec.cli.train import evaluate_cmd, train_cmd
 
 app = typer.Typer(
@@ -24,6 +28,11 @@ app.command("train")(train_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("export")(export_cmd)
 app.add_typer(repo_app, name="repo")
+app.command("score")(score_cmd)
+app.command("predict")(predict_cmd)
+app.command("serve")(serve_cmd)
+app.command("loadtest")(loadtest_cmd)
+app.add_typer(bench_app, name="bench")
 
 
 def _version(value: bool) -> None:

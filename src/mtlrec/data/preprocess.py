@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from mtlrec.config import StrictModel
@@ -105,9 +107,35 @@ def _category_strings(values: pd.Series) -> pd.Series:
             out[integral] = raw[integral].astype(np.int64).astype(str)
             series = out
     elif pd.api.types.is_object_dtype(series):
-        series = series.map(_integral_to_int, na_action="ignore")
+        # Value by value, to strings here: a mapped [12, None] would be re-inferred as float64 and read "12.0".
+        texts = [None if _is_missing(v) else str(_integral_to_int(v)) for v in series.to_numpy(dtype=object)]
+        series = pd.Series(texts, index=series.index, dtype="string")
     out = series.astype("string").str.strip()
     return out.mask(out == "", pd.NA)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _vocabulary_array(values: list[str] | tuple[str, ...]) -> pa.Array:
+    return pa.array(list(values), type=pa.large_string())
+
+
+def _lookup(values: pd.Series, vocabulary: pa.Array) -> np.ndarray:
+    """Index of each string of ``values`` in ``vocabulary``, -1 when absent or missing: int64 [N].
+
+    Arrow's hash lookup on the Arrow-backed strings, without building Python objects (10x+ faster than
+    ``pd.Index.get_indexer`` on object arrays, which dominated the transform).
+    """
+    array = pa.array(values.array)
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if array.type != pa.large_string():
+        array = array.cast(pa.large_string())
+    codes = pc.fill_null(pc.index_in(array, value_set=vocabulary), -1)
+    out: np.ndarray = codes.to_numpy(zero_copy_only=False).astype(np.int64)
+    return out
 
 
 def _numeric(values: pd.Series, column: str) -> np.ndarray:
@@ -143,9 +171,9 @@ class Preprocessor:
         self.state = state
         self.schema = state.schema_
         # value -> id lookups, rebuilt from the JSON state once.
-        self._categories = {name: pd.Index(values) for name, values in state.vocabularies.items()}
+        self._vocabularies = {name: _vocabulary_array(values) for name, values in state.vocabularies.items()}
         scenario = self.schema.scenario
-        self._scenario_index = pd.Index(scenario.values) if scenario is not None and scenario.values else None
+        self._scenarios = _vocabulary_array(scenario.values) if scenario is not None and scenario.values else None
 
     # ------------------------------------------------------------------------------------------------ fit
     @classmethod
@@ -236,7 +264,7 @@ class Preprocessor:
         oov_counts: dict[str, int] = {}
         for j, spec in enumerate(schema.sparse):
             values = _category_strings(frame[spec.name])
-            codes = self._categories[spec.name].get_indexer(values.to_numpy(dtype=object, na_value=None))
+            codes = _lookup(values, self._vocabularies[spec.name])
             is_missing = values.isna().to_numpy()
             ids = np.where(codes >= 0, codes + FIRST_VALUE_ID, OOV_ID)
             if spec.missing == "own_id":
@@ -266,9 +294,9 @@ class Preprocessor:
 
     def _encode_scenario(self, frame: pd.DataFrame) -> np.ndarray:
         scenario = self.schema.scenario
-        assert scenario is not None and self._scenario_index is not None
+        assert scenario is not None and self._scenarios is not None
         values = _category_strings(frame[scenario.name])
-        codes = self._scenario_index.get_indexer(values.to_numpy(dtype=object, na_value=None))
+        codes = _lookup(values, self._scenarios)
         if bool((codes < 0).any()):
             row = int(np.flatnonzero(codes < 0)[0])
             raise DataError(
