@@ -279,7 +279,7 @@ def main() -> None:
         "warmup_s": args.warmup,
         "servers": {
             "baseline": "benchmarks/baseline_server.py: FastAPI + uvicorn, one ORT call per request, JSON tensors",
-            "serve": "mtlrec serve (micro-batching: --max-batch-size 256 --max-delay-ms 2)",
+            "serve": "mtlrec serve (micro-batching: --max-batch-size 256 --max-delay-ms 0, the defaults)",
             "serve-nobatch": "mtlrec serve --max-batch-size 1 --max-delay-ms 0",
         },
         "v2_encoding": "json",

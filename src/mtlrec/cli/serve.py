@@ -44,8 +44,13 @@ def serve_cmd(
         int, typer.Option("--max-batch-size", min=1, help="most rows merged into one model call")
     ] = 256,
     max_delay_ms: Annotated[
-        float, typer.Option("--max-delay-ms", min=0.0, help="how long to wait for more requests to merge")
-    ] = 2.0,
+        float,
+        typer.Option(
+            "--max-delay-ms",
+            min=0.0,
+            help="extra wait for more requests to merge; 0 = merge only what queued while the model was busy",
+        ),
+    ] = 0.0,
     api_key: Annotated[
         str | None,
         typer.Option(

@@ -19,7 +19,7 @@ closed once they have drained. Errors are JSON ``{"error": "..."}`` (v1 validati
 
 Example::
 
-    app = create_app(Path("model_repository"), max_batch_size=256, max_delay_ms=2.0)
+    app = create_app(Path("model_repository"), max_batch_size=256, max_delay_ms=0.0)
     uvicorn.run(app, host="127.0.0.1", port=8000)
 """
 
@@ -903,7 +903,7 @@ def create_app(
     models: list[str] | None = None,
     backend: str = "auto",
     max_batch_size: int = 256,
-    max_delay_ms: float = 2.0,
+    max_delay_ms: float = 0.0,
     api_key: str | None = None,
     max_body_bytes: int = 1_048_576,
     poll_seconds: float | None = None,
@@ -918,7 +918,8 @@ def create_app(
         backend: ``auto`` (what each version holds), ``onnxruntime``, ``torchscript``, or ``triton`` (a Triton
             server at ``triton_url`` runs the model; records are still encoded here).
         max_batch_size: most rows in one runner call of the micro-batcher.
-        max_delay_ms: how long the micro-batcher waits for more requests.
+        max_delay_ms: extra wait of the micro-batcher for more requests; 0 (default, as Triton's dynamic
+            batcher) merges what queued while the model was busy and never delays a lone request.
         api_key: key required on prediction and load routes (``x-api-key`` or ``Authorization: Bearer``);
             None = ``$MTLREC_API_KEY``, and no key when that is unset.
         max_body_bytes: larger request bodies get 413.

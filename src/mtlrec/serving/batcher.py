@@ -9,7 +9,7 @@ runner call fails, only the requests of that batch get the error; the worker goe
 
 Example::
 
-    batcher = MicroBatcher(runner, max_batch_size=256, max_delay_ms=2.0)
+    batcher = MicroBatcher(runner, max_batch_size=256)
     scores = await batcher.submit({"sparse_ids": ids, "dense": dense})   # {"ctr": [B], "cvr": [B]}
     await batcher.close()
 """
@@ -73,7 +73,9 @@ class MicroBatcher:
     Args:
         runner: the runtime (``infer(tensors) -> {output: [B]}``); called from one worker thread at a time.
         max_batch_size: most rows in one runner call (a larger request runs alone).
-        max_delay_ms: longest wait for more requests after the oldest pending one arrived.
+        max_delay_ms: longest wait for more requests after the oldest pending one arrived. 0 (the default, as
+            Triton's ``max_queue_delay_microseconds``) never delays a request: while a runner call is in flight the
+            next requests queue up, and the next call takes all of them, so batches grow with the load by themselves.
         on_batch: optional hook called after each runner call with (rows, requests, seconds).
     """
 
@@ -82,7 +84,7 @@ class MicroBatcher:
         runner: Runner,
         *,
         max_batch_size: int = 256,
-        max_delay_ms: float = 2.0,
+        max_delay_ms: float = 0.0,
         on_batch: BatchHook | None = None,
     ) -> None:
         if max_batch_size < 1:
