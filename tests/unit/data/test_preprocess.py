@@ -8,8 +8,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from mtlrec.data.preprocess import Preprocessor
+from mtlrec.data.preprocess import (
+    SMALL_FRAME_ROWS,
+    Preprocessor,
+    _category_codes,
+    _category_strings,
+    _lookup,
+    _vocabulary_array,
+)
 from mtlrec.errors import DataError, SchemaError
 from mtlrec.schema import (
     FIRST_VALUE_ID,
@@ -323,3 +332,37 @@ def test_json_round_trip_gives_an_identical_transform(tmp_path: Path) -> None:
 def test_loading_a_missing_preprocessor_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(SchemaError, match="preprocessor file not found"):
         Preprocessor.load(tmp_path / "pre.json")
+
+
+# ------------------------------------------------------------------------- small frames take the per-value path
+_CATEGORY_VALUES = st.one_of(
+    st.none(),
+    st.just(float("nan")),
+    st.integers(-(10**6), 10**6),
+    st.integers(-(10**6), 10**6).map(float),
+    st.text(alphabet=st.sampled_from("ab12 .\t-"), max_size=4),
+)
+
+
+@given(
+    values=st.lists(_CATEGORY_VALUES, min_size=1, max_size=12),
+    dtype=st.sampled_from(["object", "infer"]),
+)
+@settings(max_examples=200, deadline=None)
+def test_small_frame_category_path_equals_vectorised_path(values: list[object], dtype: str) -> None:
+    series = pd.Series(values, dtype=object) if dtype == "object" else pd.Series(values)
+    vocabulary = ["1", "a", "12", "-3", "b 2", "0"]
+    index = {v: i for i, v in enumerate(vocabulary)}
+    small_codes, small_missing = _category_codes(series, index, _vocabulary_array(vocabulary))
+    strings = _category_strings(series)
+    assert small_codes.tolist() == _lookup(strings, _vocabulary_array(vocabulary)).tolist()
+    assert small_missing.tolist() == strings.isna().tolist()
+
+
+@pytest.mark.parametrize("rows", [3, SMALL_FRAME_ROWS + 5])
+def test_transform_gives_the_same_ids_below_and_above_the_small_frame_size(rows: int) -> None:
+    pre = Preprocessor.fit(TRAIN, schema_of(dense=(DenseField(name="price"),)))
+    users = (["a", " b", None, "zzz", 12, 12.0, ""] * 20)[:rows]
+    frame = pd.DataFrame({"user": pd.Series(users, dtype=object), "price": [1.0] * rows})
+    expected = [pre.transform(frame.iloc[[i]].reset_index(drop=True)).sparse[0, 0] for i in range(rows)]
+    assert pre.transform(frame).sparse[:, 0].tolist() == expected
