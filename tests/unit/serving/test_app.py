@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -259,3 +260,28 @@ def test_metrics_and_stats_and_openapi(client: TestClient) -> None:
     assert stats["inference_count"] > 0 and stats["inference_stats"]["success"]["count"] > 0
     paths = client.get("/openapi.json").json()["paths"]
     assert "/v1/models/mmoe/predict" in paths and "/v2/models/{name}/infer" in paths
+
+
+def test_server_predictions_equal_batch_scoring_of_the_same_records(
+    client: TestClient, exported_repo: Path, tmp_path: Path
+) -> None:
+    from mtlrec.data.loaders.synthetic import generate_impressions
+    from mtlrec.serving.score import score_file
+
+    raw = generate_impressions(40, seed=21)
+    raw.loc[:4, "price"] = None  # missing values take the same fill online and offline
+    raw.to_csv(tmp_path / "rows.csv", index=False)
+    score_file(tmp_path / "rows.csv", exported_repo, "mmoe", tmp_path / "scores.parquet")
+    offline = pd.read_parquet(tmp_path / "scores.parquet")
+
+    fields = json.loads(client.get("/v1/models/mmoe").text)["fields"]
+    names = [f["name"] for f in fields] + ["scenario"]
+    records = [
+        {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items() if k in names}
+        for row in pd.read_csv(tmp_path / "rows.csv").to_dict(orient="records")
+    ]
+    response = client.post("/v1/models/mmoe/predict", json={"records": records})
+    assert response.status_code == 200, response.text
+    online = response.json()["predictions"]
+    for task in ("ctr", "cvr"):
+        np.testing.assert_allclose([p[task] for p in online], offline[task].to_numpy(), rtol=1e-6, atol=1e-7)
