@@ -10,6 +10,7 @@ records must equal ``Preprocessor.transform`` + in-process ONNX Runtime. Skips, 
 
 from __future__ import annotations
 
+import json
 import queue
 import shutil
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from mtlrec.data.dataset import open_prepared
 from mtlrec.data.preprocess import Preprocessor
 from mtlrec.export.api import ExportOptions, export_run
 from mtlrec.export.spec import ExportSpec
+from mtlrec.export.validate import run_onnx
 from mtlrec.schema import DENSE, SCENARIO, SPARSE_IDS
 from mtlrec.train.config import build_run_config
 from mtlrec.train.loop import train
@@ -331,3 +333,41 @@ def test_load_of_a_broken_model_reports_its_error(
         assert all(client.is_model_ready(name) for name in exported.models)  # the others keep serving
     finally:
         shutil.rmtree(exported.repo / broken)
+
+
+@pytest.mark.parametrize("protocol", ["triton-http", "triton-grpc"])
+def test_predict_client_answers_raw_records_through_the_triton_ensemble(
+    server: TritonServer, exported: Exported, loaded: dict[str, str], protocol: str
+) -> None:
+    from mtlrec.serving.client import predict_records
+
+    assert loaded == {}
+    records = _raw_records(exported.preprocessor, 9, seed=5)
+    rows = [
+        {k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in records.to_dict("records")
+    ]
+    url = server.http_url if protocol == "triton-http" else server.grpc_url
+    answers = predict_records(url, exported.onnx, rows, protocol=protocol)  # type: ignore[arg-type]
+    encoded = exported.preprocessor.transform(records, with_labels=False)
+    feed = {"sparse_ids": encoded.sparse, "dense": encoded.dense}
+    if encoded.scenario is not None:
+        feed["scenario"] = encoded.scenario
+    expected = run_onnx(exported.onnx_path, {k: v for k, v in feed.items() if k in exported.spec.input_names})
+    for name in exported.spec.output_names:
+        np.testing.assert_allclose([a[name] for a in answers], expected[name].reshape(-1), atol=ATOL, err_msg=name)
+
+
+def test_the_locustfile_load_tests_the_real_triton_server(
+    server: TritonServer, exported: Exported, loaded: dict[str, str], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from mtlrec.cli.app import app
+
+    assert loaded == {}
+    args = ["loadtest", "--url", f"http://{server.http_url}", "--model", exported.onnx, "--protocol", "v2-http"]
+    args += ["--repo", str(exported.repo), "--users", "2", "--duration", "4s", "--out", str(tmp_path), "--no-plots"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["failures"] == 0 and report["requests"] > 0
