@@ -47,7 +47,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mtlrec import __version__
-from mtlrec.data.preprocess import Preprocessor
+from mtlrec.data.preprocess import SMALL_FRAME_ROWS, Preprocessor
 from mtlrec.errors import CheckpointError, ConfigError, DataError, MtlrecError
 from mtlrec.export.spec import ExportSpec, Platform
 from mtlrec.export.triton_config import ServingOptions, build_model_config, parse, to_dict
@@ -1072,7 +1072,10 @@ def create_app(
                 records = _validate_records(entry, body)
                 frame = records_to_frame(records, entry.schema)
                 try:
-                    tensors, oov = await asyncio.to_thread(entry.served.encode, frame)
+                    if len(frame) <= SMALL_FRAME_ROWS:  # ~0.3 ms inline beats a thread hop for a few records
+                        tensors, oov = entry.served.encode(frame)
+                    else:  # a large request is encoded off the event loop
+                        tensors, oov = await asyncio.to_thread(entry.served.encode, frame)
                 except DataError as err:
                     raise HTTPProblem(422, err.message, hint=err.hint) from None
                 outputs = await _infer(entry, tensors, started)
