@@ -72,6 +72,12 @@ def train_cmd(
     weight_decay: Annotated[float | None, typer.Option(help="override train.weight_decay")] = None,
     seed: Annotated[int | None, typer.Option(help="override train.seed", min=0)] = None,
     threads: Annotated[int | None, typer.Option(help="override train.num_threads", min=1)] = None,
+    track: Annotated[
+        str | None, typer.Option(help="override model.track: mtl (a head per task), msl (per scenario), mtmsl")
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="override model.tasks: comma-separated tasks to learn (msl needs one)")
+    ] = None,
 ) -> None:
     """Train a model on a prepared data directory; select the epoch on the validation split; write RUN_DIR."""
     from mtlrec.data.dataset import open_prepared
@@ -87,7 +93,8 @@ def train_cmd(
         "num_threads": threads,
     }
     with user_errors():
-        run_config = load_run_config(config, model, overrides)
+        model_overrides = {"track": track, "tasks": tasks.split(",") if tasks else None}
+        run_config = load_run_config(config, model, overrides, model_overrides)
         prepared = open_prepared(data)
         err_console.print(
             f"training [bold]{run_config.model_name}[/] on {data} "

@@ -1,18 +1,25 @@
-"""Models: the contract, shared blocks, the registry, one file per method (importing this registers them)."""
+"""Models: the contract, shared blocks, the registry, one file per method.
 
-from mtlrec.models import esmm, mmoe, shared_bottom
-from mtlrec.models.base import ModelConfig, MultiTaskModel, Target
+Importing this package imports every module in it, so each model file registers itself with
+``@register_model``: adding a model is adding a file.
+"""
+
+import importlib
+import pkgutil
+
+from mtlrec.models.base import HeadLayout, ModelConfig, MultiTaskModel, Target
 from mtlrec.models.registry import build_model, get_model_class, list_models, register_model
 
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
 __all__ = [
+    "HeadLayout",
     "ModelConfig",
     "MultiTaskModel",
     "Target",
     "build_model",
-    "esmm",
     "get_model_class",
     "list_models",
-    "mmoe",
     "register_model",
-    "shared_bottom",
 ]

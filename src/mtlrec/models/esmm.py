@@ -16,7 +16,7 @@ too because bidding needs it). Evaluation scores C on clicked rows only and the 
 
 Example:
     >>> import torch
-    >>> from mtlrec.schema import FeatureSchema, SparseField, TaskSpec
+    >>> from mtlrec.schema import FeatureSchema, TaskSpec, SparseField, TaskSpec
     >>> schema = FeatureSchema(sparse=(SparseField(name="user", vocab_size=10),),
     ...                        tasks=(TaskSpec(name="ctr"), TaskSpec(name="cvr", conditioned_on="ctr")))
     >>> ESMM(ESMMConfig(), schema).output_names
@@ -34,7 +34,7 @@ from mtlrec.errors import ModelError
 from mtlrec.models.base import ModelConfig, MultiTaskModel, Target, masked_mean, task_loss
 from mtlrec.models.blocks import FeatureEmbedding, MLPConfig, Tower
 from mtlrec.models.registry import register_model
-from mtlrec.schema import FeatureSchema
+from mtlrec.schema import FeatureSchema, TaskSpec
 
 
 class ESMMConfig(ModelConfig):
@@ -88,45 +88,52 @@ def product_bce_with_logits(ctr_logit: Tensor, cvr_logit: Tensor, label: Tensor)
     return -(label * log_p + (1.0 - label) * log_not_p)
 
 
-def _funnel(schema: FeatureSchema, explicit: tuple[str, str] | None = None) -> tuple[str, str]:
-    """The (parent, child) task names of the schema's click→conversion funnel; refuse any other layout.
+def funnel_tasks(
+    tasks: tuple[TaskSpec, ...], explicit: tuple[str, str] | None = None, model: str = "ESMM"
+) -> tuple[str, str]:
+    """The (parent, child) task names of a click→conversion funnel among ``tasks``; refuse any other layout.
 
     ``explicit`` (the config's ``funnel``) names the pair for a schema that declares no ``conditioned_on``.
+    Shared by the funnel models (ESMM, ESCM², AITM); ``model`` names the caller in the errors.
     """
+    names = [t.name for t in tasks]
     described = ", ".join(
-        f"`{t.name}`" + (f" (conditioned_on `{t.conditioned_on}`)" if t.conditioned_on else "") for t in schema.tasks
+        f"`{t.name}`" + (f" (conditioned_on `{t.conditioned_on}`)" if t.conditioned_on else "") for t in tasks
     )
-    pairs = [(t.conditioned_on, t.name) for t in schema.tasks if t.conditioned_on is not None]
+    pairs = [(t.conditioned_on, t.name) for t in tasks if t.conditioned_on is not None and t.conditioned_on in names]
     if explicit is not None:
-        unknown = [name for name in explicit if name not in schema.task_names]
+        unknown = [name for name in explicit if name not in names]
         if unknown or explicit[0] == explicit[1]:
             raise ModelError(
-                f"ESMM option `funnel` {list(explicit)} must name two different tasks of the schema: {described}",
+                f"{model} option `funnel` {list(explicit)} must name two different tasks of the schema: {described}",
                 hint="set funnel: [<click task>, <conversion task>]",
             )
         if pairs and pairs[0] != explicit:
             raise ModelError(
-                f"ESMM option `funnel` {list(explicit)} contradicts the schema's funnel {list(pairs[0])}",
+                f"{model} option `funnel` {list(explicit)} contradicts the schema's funnel {list(pairs[0])}",
                 hint="drop the `funnel` option: the schema's conditioned_on already defines it",
             )
         pairs = [explicit]
     if not pairs:
         raise ModelError(
-            f"ESMM needs a click→conversion funnel, i.e. a task with `conditioned_on`; "
+            f"{model} needs a click→conversion funnel, i.e. a task with `conditioned_on`; "
             f"this schema's tasks are {described}",
             hint="declare the conversion task with `conditioned_on: <click task>`, set the model option "
             "`funnel: [parent, child]` to force a pair, or use shared_bottom/mmoe",
         )
-    if len(schema.tasks) != 2:
+    if len(tasks) != 2:
         raise ModelError(
-            f"ESMM models exactly two tasks, a click task and a conversion task conditioned_on it; "
-            f"this schema has {len(schema.tasks)}: {described}",
-            hint="keep only the funnel's two tasks in the schema, or use shared_bottom / mmoe for the others",
+            f"{model} models exactly two tasks, a click task and a conversion task conditioned_on it; "
+            f"{len(tasks)} are selected: {described}",
+            hint="select the funnel's two tasks with the model option `tasks: [click, conversion]`, "
+            "or use shared_bottom / mmoe for the others",
         )
     parent, child = pairs[0]
-    if schema.task(child).kind != "binary":
+    kinds = {t.name: t.kind for t in tasks}
+    if kinds[parent] != "binary" or kinds[child] != "binary":
         raise ModelError(
-            f"ESMM needs a binary conversion task; `{child}` is {schema.task(child).kind}",
+            f"{model} needs binary click and conversion tasks; "
+            f"`{parent}` is {kinds[parent]}, `{child}` is {kinds[child]}",
             hint="pCTCVR = pCTR·pCVR is a probability; use shared_bottom / mmoe for a regression task",
         )
     return parent, child
@@ -156,7 +163,7 @@ class ESMM(MultiTaskModel):
 
     def __init__(self, config: ESMMConfig, schema: FeatureSchema) -> None:
         super().__init__(config, schema)
-        self.parent, self.child = _funnel(schema, config.funnel)
+        self.parent, self.child = funnel_tasks(self.tasks, config.funnel)
         if config.product_name in schema.task_names:
             raise ModelError(
                 f"ESMM's product output `{config.product_name}` has the name of a schema task",

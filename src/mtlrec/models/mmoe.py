@@ -49,7 +49,7 @@ class MMoEConfig(ModelConfig):
     tower: MLPConfig = Field(default=MLPConfig(hidden=(64,)), description="hidden layers of each task's tower")
 
 
-@register_model("mmoe", tracks=("mtl",))
+@register_model("mmoe", tracks=("mtl", "msl", "mtmsl"))
 class MMoE(MultiTaskModel):
     """MMoE: shared experts mixed by one softmax gate per task, then one tower per task.
 
@@ -73,33 +73,34 @@ class MMoE(MultiTaskModel):
         experts = [MLP(in_dim, config.expert) for _ in range(config.num_experts)]  # independently initialised
         self.experts = nn.ModuleList(experts)
         expert_dim = experts[0].output_dim
-        names = schema.task_names
-        self.gates = nn.ModuleDict({name: Gate(in_dim, config.num_experts, config.gate) for name in names})
-        self.towers = nn.ModuleDict({name: Tower(expert_dim, config.tower) for name in names})
+        # One gate and one tower per head: per task (mtl), per scenario (msl), per task and scenario (mtmsl).
+        heads = self.heads.heads
+        self.gates = nn.ModuleList(Gate(in_dim, config.num_experts, config.gate) for _ in heads)
+        self.towers = nn.ModuleList(Tower(expert_dim, config.tower) for _ in heads)
 
     def _experts(self, x0: Tensor) -> Tensor:
         """Outputs of every expert, [B, E, h]."""
         return torch.stack([expert(x0) for expert in self.experts], dim=1)  # [B, E, h]
 
-    def logits(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Logit (or regression value) per task, [B] each."""
+    def head_logits(self, features: dict[str, Tensor]) -> Tensor:
+        """Logit (or regression value) of every head, [B, H]."""
         x0 = self.embedding(features)  # [B, d0]
         experts = self._experts(x0)  # [B, E, h]
-        out: dict[str, Tensor] = {}
-        for name, gate in self.gates.items():
+        out: list[Tensor] = []
+        for gate, tower in zip(self.gates, self.towers, strict=True):
             weights = gate(x0).unsqueeze(1)  # [B, 1, E]
             mixed = torch.bmm(weights, experts).squeeze(1)  # [B, 1, h] -> [B, h]
-            out[name] = self.towers[name](mixed)  # [B]
-        return out
+            out.append(tower(mixed))  # [B]
+        return torch.stack(out, dim=1)  # [B, H]
 
     def gate_weights(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Each task's weights over the experts, for inspecting expert use (e.g. gate collapse).
+        """Each head's weights over the experts, for inspecting expert use (e.g. gate collapse).
 
         Args:
             features: the model inputs, as for ``forward``.
 
         Returns:
-            ``{task: [B, E]}``, each row summing to 1.
+            ``{head name: [B, E]}``, each row summing to 1 (head names are task names on the mtl track).
         """
         x0 = self.embedding(features)  # [B, d0]
-        return {name: gate(x0) for name, gate in self.gates.items()}
+        return {head.name: gate(x0) for head, gate in zip(self.heads.heads, self.gates, strict=True)}

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -39,7 +40,7 @@ class SharedBottomConfig(ModelConfig):
     tower: MLPConfig = Field(default=MLPConfig(hidden=(64,)), description="hidden layers of each task's tower")
 
 
-@register_model("shared_bottom", tracks=("mtl",))
+@register_model("shared_bottom", tracks=("mtl", "msl", "mtmsl"))
 class SharedBottom(MultiTaskModel):
     """SharedBottom: one MLP shared by all tasks, then one tower per task.
 
@@ -60,9 +61,10 @@ class SharedBottom(MultiTaskModel):
         super().__init__(config, schema)
         self.embedding = FeatureEmbedding(schema, config.embed_dim)
         self.bottom = MLP(self.embedding.output_dim, config.bottom)
-        self.towers = nn.ModuleDict({name: Tower(self.bottom.output_dim, config.tower) for name in schema.task_names})
+        # One tower per head: per task (mtl), per scenario (msl) or per task and scenario (mtmsl).
+        self.towers = nn.ModuleList(Tower(self.bottom.output_dim, config.tower) for _ in self.heads.heads)
 
-    def logits(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Logit (or regression value) per task, [B] each."""
+    def head_logits(self, features: dict[str, Tensor]) -> Tensor:
+        """Logit (or regression value) of every head, [B, H]."""
         shared = self.bottom(self.embedding(features))  # [B, h]
-        return {name: tower(shared) for name, tower in self.towers.items()}
+        return torch.stack([tower(shared) for tower in self.towers], dim=1)  # [B, H]

@@ -70,6 +70,7 @@ def build_run_config(
     file_values: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
     where: str = "config",
+    model_overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Merge a config file's sections with CLI overrides (train keys) and validate everything.
 
@@ -77,6 +78,7 @@ def build_run_config(
         model_name: the model; when given with a file naming another, the file must agree.
         file_values: the parsed YAML (``model`` and ``train`` sections), or None.
         overrides: train keys set on the command line (None values are ignored).
+        model_overrides: model keys set on the command line (``track``, ``tasks``; None values are ignored).
         where: what to call the source in error messages (the file path).
     """
     values = dict(file_values or {})
@@ -88,6 +90,7 @@ def build_run_config(
         )
     model_values = dict(values.get("model") or {})
     file_model = model_values.pop("name", None)
+    model_values.update({k: v for k, v in (model_overrides or {}).items() if v is not None})
     if model_name and file_model and model_name != file_model:
         raise ConfigError(
             f"{where}: model.name is `{file_model}` but `{model_name}` was asked for",
@@ -102,7 +105,12 @@ def build_run_config(
     return RunConfig(model_name=name, model=model_config(name, model_values, f"{where}: model"), train=train)
 
 
-def load_run_config(path: Path | None, model_name: str | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a run config file (optional) and apply overrides."""
+def load_run_config(
+    path: Path | None,
+    model_name: str | None,
+    overrides: dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Read a run config file (optional) and apply overrides (train keys, then model keys)."""
     values = read_yaml(path) if path is not None else None
-    return build_run_config(model_name, values, overrides, where=str(path) if path else "config")
+    return build_run_config(model_name, values, overrides, str(path) if path else "config", model_overrides)

@@ -156,7 +156,8 @@ def train(
     model = build_model(config.model_name, config.model, schema)
     _check_config(model, config, val_split)
     optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = optimizer_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = [{"params": params, "lr": cfg.lr * scale} for params, scale in model.parameter_groups()]
+    optimizer = optimizer_cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     weights = cfg.loss_weights
     stopping = cfg.early_stopping
     metric = stopping.metric if stopping else "auc"

@@ -33,7 +33,7 @@ def test_mmoe_experts_differ_after_init(tiny_schema: FeatureSchema) -> None:
 
 def test_mmoe_gate_is_linear_by_default(tiny_schema: FeatureSchema) -> None:
     model = _mmoe(tiny_schema)
-    assert all(gate.mlp is None for gate in model.gates.values())
+    assert all(gate.mlp is None for gate in model.gates)
 
 
 @pytest.mark.parametrize("gate", [None, {"hidden": [6]}])
@@ -52,9 +52,9 @@ def test_mmoe_logit_is_tower_of_gate_weighted_expert_sum(tiny_schema: FeatureSch
     x0 = model.embedding(tiny_batch.features)
     gates = model.gate_weights(tiny_batch.features)
     logits = model.logits(tiny_batch.features)
-    for task in ("ctr", "cvr"):
+    for head, task in enumerate(("ctr", "cvr")):
         mixed = sum(gates[task][:, e : e + 1] * expert(x0) for e, expert in enumerate(model.experts))
-        assert torch.allclose(logits[task], model.towers[task](mixed), atol=1e-6)
+        assert torch.allclose(logits[task], model.towers[head](mixed), atol=1e-6)
 
 
 def test_mmoe_regression_task_outputs_raw_values_and_mse(

@@ -13,7 +13,8 @@ from mtlrec.schema import FeatureSchema
 def test_shared_bottom_has_one_tower_per_task(tiny_schema: FeatureSchema) -> None:
     model = build_model("shared_bottom", {"bottom": {"hidden": [8]}, "tower": {"hidden": [4]}}, tiny_schema)
     assert isinstance(model, SharedBottom)
-    assert list(model.towers) == ["ctr", "cvr"]
+    assert [head.name for head in model.heads.heads] == ["ctr", "cvr"]
+    assert len(model.towers) == 2
     assert model.bottom.output_dim == 8
 
 
@@ -23,8 +24,8 @@ def test_shared_bottom_logit_is_tower_of_shared_bottom(tiny_schema: FeatureSchem
     assert isinstance(model, SharedBottom)
     shared = model.bottom(model.embedding(tiny_batch.features))
     logits = model.logits(tiny_batch.features)
-    for task in ("ctr", "cvr"):
-        assert torch.allclose(logits[task], model.towers[task](shared))
+    for head, task in enumerate(("ctr", "cvr")):
+        assert torch.allclose(logits[task], model.towers[head](shared))
 
 
 def test_shared_bottom_default_loss_masks_the_conditioned_task(tiny_schema: FeatureSchema, tiny_batch: Batch) -> None:

@@ -4,36 +4,30 @@ an in-process runner give the eager model's probabilities."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
+from model_cases import case_config
 from mtlrec.data.dataset import EncodedData, open_prepared
 from mtlrec.data.loaders.synthetic import generate_impressions
 from mtlrec.export.api import ExportOptions, export_run
-from mtlrec.models import list_models
+from mtlrec.models import get_model_class, list_models
 from mtlrec.serving.repository import list_models as repository_models
 from mtlrec.serving.repository import open_model
 from mtlrec.train.checkpoint import load_run
 from mtlrec.train.config import build_run_config
 from mtlrec.train.loop import predict, train
 
-TINY: dict[str, dict[str, Any]] = {
-    "shared_bottom": {"embed_dim": 4, "bottom": {"hidden": [16]}, "tower": {"hidden": [8]}},
-    "mmoe": {"embed_dim": 4, "num_experts": 2, "expert": {"hidden": [16]}, "tower": {"hidden": [8]}},
-    "esmm": {"embed_dim": 4, "ctr_tower": {"hidden": [16]}, "cvr_tower": {"hidden": [16]}},
-}
+REGISTERED = sorted(info.name for info in list_models())
 
 
-def test_every_registered_model_has_a_serving_case() -> None:
-    assert sorted(TINY) == sorted(info.name for info in list_models())
-
-
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", REGISTERED)
 @pytest.mark.parametrize("backend", ["onnxruntime", "torchscript"])
 def test_model_is_trained_exported_and_served(name: str, backend: str, synthetic_dir: Path, tmp_path: Path) -> None:
-    config = build_run_config(name, {"model": TINY[name], "train": {"epochs": 1, "batch_size": 512}})
+    track = get_model_class(name).tracks[0]
+    model = case_config(name, track=track, regularized=False, task="ctr")
+    config = build_run_config(name, {"model": model, "train": {"epochs": 1, "batch_size": 512}})
     train(open_prepared(synthetic_dir), config, tmp_path / "run")
     export_run(tmp_path / "run", tmp_path / "repo", ExportOptions(format="both"))
     served_name = name if backend == "onnxruntime" else f"{name}_torchscript"

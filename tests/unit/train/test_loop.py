@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from model_cases import case_config
 from mtlrec.data.dataset import open_prepared
 from mtlrec.errors import CheckpointError, ConfigError, DataError
 from mtlrec.models import list_models
@@ -17,24 +18,17 @@ from mtlrec.train.checkpoint import RUN_FILES, load_run, save_run
 from mtlrec.train.config import build_run_config
 from mtlrec.train.loop import evaluate_model, evaluate_run, predict, train
 
-# Small, fast configs per registered model; a registered model missing here fails the coverage test below.
-SMALL: dict[str, dict[str, Any]] = {
-    "shared_bottom": {"embed_dim": 8, "bottom": {"hidden": [64, 32]}, "tower": {"hidden": [16]}},
-    "mmoe": {"embed_dim": 8, "num_experts": 3, "expert": {"hidden": [32]}, "tower": {"hidden": [16]}},
-    "esmm": {"embed_dim": 8, "ctr_tower": {"hidden": [32, 16]}, "cvr_tower": {"hidden": [32, 16]}},
-}
 FAST_TRAIN = {"epochs": 4, "batch_size": 256, "lr": 3e-3, "num_threads": 1, "early_stopping": {"patience": 2}}
+REGISTERED = sorted(info.name for info in list_models())
+SCENARIO_TRACKS = [(info.name, track) for info in list_models() for track in info.tracks if track != "mtl"]
 
 
-def small_config(name: str, **train: Any) -> Any:
-    return build_run_config(name, {"model": SMALL[name], "train": {**FAST_TRAIN, **train}})
+def small_config(name: str, track: str = "mtl", **train: Any) -> Any:
+    model = case_config(name, track=track, regularized=False, task="ctr")
+    return build_run_config(name, {"model": model, "train": {**FAST_TRAIN, **train}})
 
 
-def test_every_registered_model_has_a_training_config() -> None:
-    assert sorted(SMALL) == sorted(info.name for info in list_models())
-
-
-@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("name", REGISTERED)
 def test_model_learns_planted_signal_when_trained_on_synthetic(name: str, synthetic_dir: Path) -> None:
     data = open_prepared(synthetic_dir)
     result = train(data, small_config(name))
@@ -44,6 +38,22 @@ def test_model_learns_planted_signal_when_trained_on_synthetic(name: str, synthe
     for task in ("ctr", "cvr"):
         assert test["tasks"][task]["auc"] > 0.6, (task, test["tasks"][task])
     assert set(test["scenarios"]) == set(schema.scenario.values or ())
+
+
+@pytest.mark.parametrize(("name", "track"), SCENARIO_TRACKS)
+def test_model_learns_on_the_scenario_tracks_with_metrics_per_scenario(
+    name: str, track: str, synthetic_dir: Path
+) -> None:
+    data = open_prepared(synthetic_dir)
+    result = train(data, small_config(name, track, epochs=3))
+    scenarios = list(data.schema.scenario.values or ())
+    test = evaluate_model(result.model, data.split("test"), scenarios)
+    tasks = ["ctr"] if track == "msl" else ["ctr", "cvr"]
+    assert sorted(test["tasks"]) == sorted(result.model.output_names) and set(tasks) <= set(test["tasks"])
+    for task in tasks:
+        assert test["tasks"][task]["auc"] > 0.6, (track, task, test["tasks"][task])
+        for scenario in scenarios:  # each scenario's rows are scored by that scenario's own head
+            assert test["scenarios"][scenario][task]["rows"] > 0
 
 
 def test_train_is_deterministic_for_a_seed(synthetic_dir: Path) -> None:
