@@ -7,7 +7,7 @@ source scripts/setup.sh dev,onnx,triton,serve,load
 # nvidia-pytriton wheel cannot be installed. CI sets MTLREC_REQUIRE_TRITON=1 so that it can never skip there.
 bash scripts/setup_triton.sh || echo "warning: scripts/setup_triton.sh failed; the real-Triton tests will skip" >&2
 
-ruff check src tests benchmarks loadtests
-ruff format --check src tests benchmarks loadtests
+ruff check src tests benchmarks loadtests scripts
+ruff format --check src tests benchmarks loadtests scripts
 mypy
 pytest "$@"

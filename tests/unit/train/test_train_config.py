@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,4 +59,13 @@ def test_load_run_config_refuses_wrong_type(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[3].glob("configs/*/*.yaml")))
 def test_shipped_run_configs_validate(path: Path) -> None:
     cfg = load_run_config(path, None)
-    assert cfg.model_name == path.stem
+    assert cfg.model_name == path.stem.split("-", 1)[0]  # <model>.yaml or <model>-<variant>.yaml
+
+
+def test_generated_configs_are_up_to_date() -> None:
+    """configs/<dataset>/<model>.yaml written by scripts/make_configs.py match its tables (none missing or edited)."""
+    repo = Path(__file__).resolve().parents[3]
+    done = subprocess.run(
+        [sys.executable, str(repo / "scripts" / "make_configs.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr

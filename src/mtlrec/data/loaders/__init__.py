@@ -1,6 +1,8 @@
-"""Built-in dataset loaders; importing this package registers them."""
+"""Built-in dataset loaders; importing this package imports every module in it, and each registers its loader."""
 
-from mtlrec.data.loaders import census_income, synthetic, tabular
+import importlib
+import pkgutil
+
 from mtlrec.data.loaders.base import (
     DatasetInfo,
     DatasetLoader,
@@ -10,14 +12,14 @@ from mtlrec.data.loaders.base import (
     register_dataset,
 )
 
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
 __all__ = [
     "DatasetInfo",
     "DatasetLoader",
     "RawDataset",
-    "census_income",
     "get_dataset",
     "list_datasets",
     "register_dataset",
-    "synthetic",
-    "tabular",
 ]
