@@ -130,7 +130,8 @@ def main() -> None:
 
     name = f"zoo-{args.dataset}-{args.track}"
     write_result(name, {"data": str(data_dir), "track": args.track, "tasks": tasks, "runs": runs})
-    outputs = sorted({o for r in runs for o in r["test"]}, key=lambda o: (o not in schema.task_names, o))
+    found = {o for r in runs for o in r["test"]}
+    outputs = [t for t in schema.task_names if t in found] + sorted(found - set(schema.task_names))
     lines = [
         f"# {args.dataset}, {args.track} track: test AUC (mean ± std over seeds {args.seeds})",
         "",

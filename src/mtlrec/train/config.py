@@ -35,6 +35,12 @@ class EarlyStopping(StrictModel):
     )
     task: str | None = Field(default=None, description="the task to monitor; None = mean over all evaluated outputs")
     min_delta: float = Field(default=0.0, ge=0.0)
+    start_from_epoch: int = Field(
+        default=0,
+        ge=0,
+        description="never stop before this epoch (the best epoch is still chosen among all): on small data the "
+        "first epochs, a few optimiser steps each, are warm-up whose validation AUC is noise (Keras' start_from_epoch)",
+    )
 
 
 class TrainConfig(StrictModel):

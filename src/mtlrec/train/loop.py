@@ -213,7 +213,8 @@ def train(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
-            if stopping is not None and bad_epochs >= stopping.patience:
+            # Patience runs out only after `start_from_epoch`: the first epochs of a small dataset are warm-up.
+            if stopping is not None and bad_epochs >= stopping.patience and epoch > stopping.start_from_epoch:
                 break
 
     if best_state is not None:

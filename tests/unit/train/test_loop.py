@@ -173,3 +173,13 @@ def test_every_model_and_track_round_trips_through_a_run_directory(
     before, after = predict(model, test), predict(run.model, test)
     for output in model.output_names:
         assert np.array_equal(before[output], after[output]), output
+
+
+@pytest.mark.parametrize(("start_from_epoch", "epochs_run"), [(0, 2), (3, 4)])
+def test_early_stopping_waits_for_start_from_epoch(start_from_epoch: int, epochs_run: int, synthetic_dir: Path) -> None:
+    # min_delta 1.0: no epoch after the first can count as an improvement, so patience 1 stops at epoch 2, unless
+    # start_from_epoch holds the run until after that epoch.
+    stopping = {"patience": 1, "min_delta": 1.0, "start_from_epoch": start_from_epoch}
+    result = train(open_prepared(synthetic_dir), small_config("shared_bottom", epochs=6, early_stopping=stopping))
+    assert len(result.history) == epochs_run
+    assert result.best_epoch == 1
