@@ -64,6 +64,8 @@ def _models(spec: str, track: str, has_scenario: bool) -> list[str]:
         return spec.split(",")
     names = []
     for info in list_models():
+        if info.name == "automtl":  # a searched architecture, benchmarked by benchmarks/automtl_census.py
+            continue
         cls = get_model_class(info.name)
         if track not in cls.tracks or (cls.needs_scenario and not has_scenario):
             continue
