@@ -67,9 +67,9 @@ from pydantic import Field
 from torch import Tensor
 
 from mtlrec.errors import ModelError
-from mtlrec.models.base import ModelConfig, MultiTaskModel, Target, task_loss
-from mtlrec.models.blocks import FeatureEmbedding, MLPConfig, Tower
-from mtlrec.models.esmm import funnel_tasks, product_bce_with_logits
+from mtlrec.models.base import task_loss
+from mtlrec.models.blocks import MLPConfig, Tower
+from mtlrec.models.esmm import ESMM, ESMMConfig, product_bce_with_logits
 from mtlrec.models.registry import register_model
 from mtlrec.schema import FeatureSchema
 
@@ -77,8 +77,8 @@ COUNTERFACTUAL = "counterfactual"
 IMPUTATION = "imputation"
 
 
-class ESCM2Config(ModelConfig):
-    """ESCM² hyperparameters.
+class ESCM2Config(ESMMConfig):
+    """ESCM² hyperparameters: ESMM's (towers, ``funnel``, ``product_name``) plus the counterfactual terms.
 
     Defaults: towers (256, 128) as ESMM (MMLRec reuses its expert units), the imputation tower alike (our choice:
     the same capacity as the tower whose error it imputes); λ_c = 0.1 and λ_g = 1 as MMLRec's ``escm``; the IPS
@@ -87,17 +87,6 @@ class ESCM2Config(ModelConfig):
     a larger clip lowers the variance of the counterfactual term at the price of bias on low-CTR rows.
     """
 
-    ctr_tower: MLPConfig = Field(default=MLPConfig(hidden=(256, 128)), description="tower of the parent (click) task")
-    cvr_tower: MLPConfig = Field(default=MLPConfig(hidden=(256, 128)), description="tower of the child (conversion)")
-    funnel: tuple[str, str] | None = Field(
-        default=None,
-        description="(parent, child) tasks to treat as a funnel when the schema declares none (a forced fit for "
-        "datasets without a real click→conversion relation)",
-    )
-    # Same character rule as schema names: the product is an exported output name.
-    product_name: str = Field(
-        default="ctcvr", pattern=r"^[A-Za-z_][A-Za-z0-9_.\-]*$", description="name of the pCTR·pCVR output"
-    )
     variant: Literal["ips", "dr"] = Field(
         default="ips",
         description="counterfactual CVR risk: ips = inverse propensity scoring; dr = doubly robust (adds an "
@@ -163,7 +152,7 @@ def counterfactual_losses(
 
 
 @register_model("escm2", tracks=("mtl",))
-class ESCM2(MultiTaskModel):
+class ESCM2(ESMM):
     """ESCM²: ESMM plus an inverse-propensity (or doubly robust) counterfactual CVR loss over all impressions.
 
     Args:
@@ -185,15 +174,10 @@ class ESCM2(MultiTaskModel):
     """
 
     config_class = ESCM2Config
+    display_name = "ESCM²"
 
     def __init__(self, config: ESCM2Config, schema: FeatureSchema) -> None:
-        super().__init__(config, schema)
-        self.parent, self.child = funnel_tasks(self.tasks, config.funnel, model="ESCM²")
-        if config.product_name in schema.task_names:
-            raise ModelError(
-                f"ESCM²'s product output `{config.product_name}` has the name of a schema task",
-                hint="set the model option `product_name` to another name",
-            )
+        super().__init__(config, schema)  # ESMM: funnel, product output, embedding, CTR and CVR towers
         clash = sorted({COUNTERFACTUAL, IMPUTATION} & {config.product_name, self.parent, self.child})
         if clash:
             raise ModelError(
@@ -201,45 +185,11 @@ class ESCM2(MultiTaskModel):
                 f"a task or the product output is also called {clash[0]!r}",
                 hint="rename the task, or set the model option `product_name` to another name",
             )
-        self.product_name = config.product_name
         self.propensity_clip = config.propensity_clip
         self.ctcvr_weight, self.cf_weight = config.ctcvr_weight, config.cf_weight
         self.imputation_weight = config.imputation_weight
-        self.embedding = FeatureEmbedding(schema, config.embed_dim)
-        self.ctr_tower = Tower(self.embedding.output_dim, config.ctr_tower)
-        self.cvr_tower = Tower(self.embedding.output_dim, config.cvr_tower)
         # Built for dr only: an unused tower would hold parameters that never learn.
         self.imputation = Tower(self.embedding.output_dim, config.imputation_tower) if config.variant == "dr" else None
-
-    @property
-    def output_names(self) -> list[str]:
-        """Parent (pCTR), child (pCVR) and product (pCTCVR)."""
-        return [self.parent, self.child, self.product_name]
-
-    def _logits(self, x0: Tensor) -> dict[str, Tensor]:
-        return {self.parent: self.ctr_tower(x0), self.child: self.cvr_tower(x0)}  # [B] each
-
-    def logits(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The two towers' logits, ``{parent: a, child: b}``, [B] each (the product has no logit)."""
-        return self._logits(self.embedding(features))
-
-    def _outputs(self, logits: dict[str, Tensor]) -> dict[str, Tensor]:
-        p_ctr = torch.sigmoid(logits[self.parent])  # [B]
-        p_cvr = torch.sigmoid(logits[self.child])  # [B]
-        return {self.parent: p_ctr, self.child: p_cvr, self.product_name: p_ctr * p_cvr}
-
-    def forward(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Probabilities ``{parent: pCTR, child: pCVR, product_name: pCTR·pCVR}``, [B] each."""
-        return self._outputs(self.logits(features))
-
-    def targets(self, labels: dict[str, Tensor]) -> dict[str, Target]:
-        """Parent on all rows, child on the parent's positive rows, product (label parent·child) on all."""
-        parent, child = labels[self.parent], labels[self.child]
-        return {
-            self.parent: Target(parent, None, "binary"),
-            self.child: Target(child, parent > 0.5, "binary"),
-            self.product_name: Target(parent * child, None, "binary"),
-        }
 
     def compute_loss(
         self, features: dict[str, Tensor], labels: dict[str, Tensor]

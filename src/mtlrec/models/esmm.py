@@ -25,6 +25,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -160,13 +162,15 @@ class ESMM(MultiTaskModel):
     """
 
     config_class = ESMMConfig
+    # How errors name the model (ESCM² subclasses ESMM).
+    display_name: ClassVar[str] = "ESMM"
 
     def __init__(self, config: ESMMConfig, schema: FeatureSchema) -> None:
         super().__init__(config, schema)
-        self.parent, self.child = funnel_tasks(self.tasks, config.funnel)
+        self.parent, self.child = funnel_tasks(self.tasks, config.funnel, model=self.display_name)
         if config.product_name in schema.task_names:
             raise ModelError(
-                f"ESMM's product output `{config.product_name}` has the name of a schema task",
+                f"{self.display_name}'s product output `{config.product_name}` has the name of a schema task",
                 hint="set the model option `product_name` to another name",
             )
         self.product_name = config.product_name
@@ -179,10 +183,12 @@ class ESMM(MultiTaskModel):
         """Parent (pCTR), child (pCVR) and product (pCTCVR)."""
         return [self.parent, self.child, self.product_name]
 
+    def _logits(self, x0: Tensor) -> dict[str, Tensor]:
+        return {self.parent: self.ctr_tower(x0), self.child: self.cvr_tower(x0)}  # [B] each
+
     def logits(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
         """The two towers' logits, ``{parent: a, child: b}``, [B] each (the product has no logit)."""
-        x0 = self.embedding(features)  # [B, d0]
-        return {self.parent: self.ctr_tower(x0), self.child: self.cvr_tower(x0)}
+        return self._logits(self.embedding(features))
 
     def _outputs(self, logits: dict[str, Tensor]) -> dict[str, Tensor]:
         p_ctr = torch.sigmoid(logits[self.parent])  # [B]
