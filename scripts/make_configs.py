@@ -164,6 +164,8 @@ def config_for(dataset: str, model: str) -> tuple[dict[str, Any], list[str]] | N
     """The config of ``model`` on ``dataset`` and its comment lines, or None where the pair cannot run."""
     from mtlrec.models import get_model_class
 
+    if model == "automtl":  # its architecture comes from `mtlrec search` (configs/<dataset>/automtl-search.yaml)
+        return None
     ds = DATASETS[dataset]
     cls = get_model_class(model)
     if cls.needs_scenario and not ds.has_scenario:

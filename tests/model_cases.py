@@ -80,6 +80,28 @@ CASES: dict[str, Case] = {
         "weight_net": {"hidden": [8]},
     },
     "pepnet": lambda mlp, tower: {"embed_dim": 4, "layers": [16, 8], "gate_hidden": 8},
+    # A tiny fixed architecture with no field or head names in it, so that it fits every test schema: partial
+    # routing between the levels, every head reading both last-level experts (routing None).
+    "automtl": lambda mlp, tower: {
+        "embed_dim": 4,
+        "architecture": {
+            "embed_dim": 4,
+            "block_dim": 8,
+            "op_dropout": mlp.get("dropout", 0.0),
+            "tower": tower,
+            "levels": [
+                {
+                    "experts": {
+                        "e1_0": {"blocks": ["mlp:16", "identity"]},
+                        "e1_1": {"blocks": ["identity", "mlp:8"]},
+                        "e1_2": {"blocks": ["mlp:8"]},
+                    },
+                    "routing": {"e2_0": ["e1_0", "e1_1"], "e2_1": ["e1_2"]},
+                },
+                {"experts": {"e2_0": {"blocks": ["mlp:16"]}, "e2_1": {"blocks": ["identity", "mlp:8"]}}},
+            ],
+        },
+    },
 }
 
 _REGULARIZED = ({"hidden": [16], "dropout": 0.2, "batch_norm": True}, {"hidden": [8], "dropout": 0.2})

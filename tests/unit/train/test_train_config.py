@@ -56,7 +56,10 @@ def test_load_run_config_refuses_wrong_type(tmp_path: Path) -> None:
         load_run_config(path, None)
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[3].glob("configs/*/*.yaml")))
+CONFIGS = sorted(Path(__file__).resolve().parents[3].glob("configs/*/*.yaml"))
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if not p.stem.endswith("-search")])
 def test_shipped_run_configs_validate(path: Path) -> None:
     cfg = load_run_config(path, None)
     assert cfg.model_name == path.stem.split("-", 1)[0]  # <model>.yaml or <model>-<variant>.yaml
@@ -69,3 +72,10 @@ def test_generated_configs_are_up_to_date() -> None:
         [sys.executable, str(repo / "scripts" / "make_configs.py"), "--check"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem.endswith("-search")])
+def test_shipped_search_configs_validate(path: Path) -> None:
+    from mtlrec.nas.search import load_search_config
+
+    load_search_config(path)
