@@ -104,15 +104,28 @@ def export_cmd(
 @repo_app.command("validate")
 def validate_cmd(
     repo: Annotated[Path, typer.Argument(help="a Triton model repository (any, not only mtlrec's)")],
+    golden: Annotated[
+        bool,
+        typer.Option(
+            "--golden",
+            help="also replay every model version's golden records (golden.json) in process and report every "
+            "answer that moved since export",
+        ),
+    ] = False,
 ) -> None:
     """Check a model repository against Triton's rules without a server; one line per problem, exit 1 if any."""
     from mtlrec.export.repo_validate import validate_repository
 
     problems = validate_repository(repo)
+    if golden and repo.is_dir():
+        from mtlrec.export.golden import check_repository_golden
+
+        problems += check_repository_golden(repo)
     for problem in problems:
         console.print(problem, highlight=False, soft_wrap=True, markup=False)
     if problems:
         err_console.print(f"{len(problems)} problem(s) in {repo}", highlight=False)
         raise typer.Exit(1)
     models = sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
-    console.print(f"{repo}: {len(models)} models valid ({', '.join(models)})", highlight=False)
+    checked = "; golden records answered as at export" if golden else ""
+    console.print(f"{repo}: {len(models)} models valid ({', '.join(models)}){checked}", highlight=False)

@@ -70,11 +70,48 @@ def serve_cmd(
         int | None, typer.Option("--threads", min=1, help="intra-op threads of the runtime (default: all cores)")
     ] = None,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn log level")] = "info",
+    max_queue: Annotated[
+        int,
+        typer.Option(
+            "--max-queue",
+            min=0,
+            help="requests each model's queue holds; past it requests get 429 with Retry-After (0 = unbounded)",
+        ),
+    ] = 512,
+    grace_seconds: Annotated[
+        float,
+        typer.Option(
+            "--grace-seconds",
+            min=0.0,
+            help="on SIGTERM, seconds during which readiness answers 503 while requests are still served, "
+            "before new connections are refused",
+        ),
+    ] = 5.0,
+    drain_timeout_seconds: Annotated[
+        float,
+        typer.Option(
+            "--drain-timeout-seconds", min=1.0, help="then, how long the requests already accepted may take to finish"
+        ),
+    ] = 30.0,
+    golden: Annotated[
+        bool,
+        typer.Option(
+            "--golden/--no-golden",
+            help="replay each version's golden records before serving it; refuse a version whose answers moved",
+        ),
+    ] = True,
 ) -> None:
-    """Serve a model repository over HTTP: raw records (/v1) and the Triton/KServe v2 protocol (/v2)."""
-    import uvicorn
+    """Serve a model repository over HTTP: raw records (/v1) and the Triton/KServe v2 protocol (/v2).
+
+    The port opens at once; the models are loaded, warmed (every warm-up batch size) and checked against their
+    golden records in the background, and GET /v2/health/ready answers 200 once all of them are. On SIGTERM the
+    server reports not ready, keeps serving for --grace-seconds, then refuses new connections, answers every
+    request it accepted and exits 0.
+    """
+    import logging
 
     from mtlrec.serving.app import create_app
+    from mtlrec.serving.server import serve
 
     with user_errors():
         if backend is ServeBackend.triton and not triton_url:
@@ -92,9 +129,28 @@ def serve_cmd(
             poll_seconds=poll_seconds,
             threads=threads,
             triton_url=triton_url,
+            max_queue=max_queue or None,
+            load_in_background=True,
+            golden_check=golden,
         )
-    served = ", ".join(f"{n} v{e.version}" for n, e in sorted(app.state.registry.entries.items()))
-    err_console.print(f"serving {served} from {repo} on http://{host}:{port}", highlight=False)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    library_logger = logging.getLogger("mtlrec")
+    library_logger.addHandler(handler)
+    library_logger.setLevel(log_level.upper() if log_level.upper() in logging.getLevelNamesMapping() else "INFO")
+    names = ", ".join(app.state.registry.servable())
+    err_console.print(
+        f"serving {names} from {repo} on http://{host}:{port} (warming up; GET /v2/health/ready says when ready)",
+        highlight=False,
+    )
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         err_console.print("[yellow]warning:[/] bound beyond localhost without --api-key", highlight=False)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=10)
+    counters = serve(
+        app,
+        host=host,
+        port=port,
+        grace_seconds=grace_seconds,
+        drain_timeout_seconds=drain_timeout_seconds,
+        log_level=log_level,
+    )
+    err_console.print(f"stopped: {counters.accepted} requests accepted, {counters.answered} answered", highlight=False)

@@ -21,7 +21,9 @@ Model names (``name`` = ``--name``, default the run's model name, e.g. ``mmoe``)
 
 All models of one export get the same version number. Every version directory holds a ``manifest.json`` (schema
 hash, library versions, the checkpoint's metrics, the source run, parity and quantization results); model and
-preprocess versions also hold ``schema.json`` and ``preprocessor.json``, models ``export_spec.json``.
+preprocess versions also hold ``schema.json`` and ``preprocessor.json``, models ``export_spec.json`` and
+``golden.json`` (a few raw records, odd ones included, and this artifact's answers to them; see
+:mod:`mtlrec.export.golden`).
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import Field
 
 from mtlrec import __version__
 from mtlrec.config import StrictModel
 from mtlrec.errors import ConfigError, DataError
+from mtlrec.export import golden as golden_file
 from mtlrec.export import preprocess_model
 from mtlrec.export.repository import FileSource, ModelFiles, check_writable, next_version, write_model_repository
 from mtlrec.export.spec import ExportSpec, Platform, build_export_spec
@@ -173,6 +177,55 @@ def _quantize(run: Run, spec: ExportSpec, fp32: Path, int8: Path, max_auc_drop: 
     return changes
 
 
+def _golden(run: Run, spec: ExportSpec, files: dict[str, Path], quantized: bool) -> dict[str, dict[str, Any]]:
+    """The golden file of every exported format (see :mod:`mtlrec.export.golden`).
+
+    Each artifact must answer the golden records (odd ones included: unseen ids, missing fields, extreme numbers)
+    with finite values, probabilities in [0, 1], and, unless quantized, eager PyTorch's answers within the spec's
+    tolerance: the same answer on every runtime.
+
+    Raises:
+        ExportError: an answer is not finite or leaves [0, 1].
+        ToleranceExceeded: an artifact and eager PyTorch disagree on a golden record.
+    """
+    import torch
+
+    from mtlrec.errors import ToleranceExceeded
+    from mtlrec.export.validate import run_onnx, run_torchscript
+    from mtlrec.export.wrapper import ExportWrapper, eval_mode
+
+    records, labels = golden_file.golden_records(run.preprocessor)
+    feed = golden_file.encode_records(run.preprocessor, spec, records)
+    inputs = tuple(torch.from_numpy(feed[name]) for name in spec.input_names)
+    with eval_mode(run.model), torch.no_grad():
+        eager_out = ExportWrapper(run.model, spec)(*inputs)  # [N, 1] per output
+    eager = {name: t.numpy().reshape(-1) for name, t in zip(spec.output_names, eager_out, strict=True)}
+    probabilities = golden_file.probability_outputs(run.schema, spec.output_names)
+    rows = len(records)
+    golden_file.check_answers(eager, probabilities, rows, "eager PyTorch on the golden records")
+    out: dict[str, dict[str, Any]] = {}
+    for fmt, path in files.items():
+        raw = run_onnx(path, feed) if fmt == "onnx" else run_torchscript(path, spec, inputs)
+        answers = {name: np.asarray(raw[name], dtype=np.float32).reshape(-1) for name in spec.output_names}
+        where = f"the {fmt} artifact on the golden records"
+        golden_file.check_answers(answers, probabilities, rows, where)
+        exact = not (fmt == "onnx" and quantized)  # int8 answers differ by design; the AUC gate judges them
+        for name in spec.output_names if exact else []:
+            diff = np.abs(answers[name].astype(np.float64) - eager[name].astype(np.float64))
+            if not float(diff.max()) <= spec.atol[name]:
+                row = int(np.argmax(diff))
+                raise ToleranceExceeded(
+                    f"{where}: `{name}` differs from eager PyTorch by {float(diff.max()):.3g} on record {row} "
+                    f"({labels[row]}; atol {spec.atol[name]:g})",
+                    hint="the runtimes disagree on odd input; check the model's handling of extreme values",
+                )
+        runtime = {"onnx": "onnxruntime", "torchscript": "torchscript"}[fmt] + (" int8" if not exact else "")
+        out[fmt] = golden_file.build_golden(
+            spec.model, spec.schema_hash, records, labels, answers, spec.output_names, runtime=runtime
+        )
+    return out
+
+
 def _manifest(
     run: Run,
     spec: ExportSpec,
@@ -236,9 +289,14 @@ def build_configs(
 
 
 def build_models(
-    run: Run, spec: ExportSpec, configs: dict[str, ModelConfig], files: dict[str, Path], manifest: dict[str, Any]
+    run: Run,
+    spec: ExportSpec,
+    configs: dict[str, ModelConfig],
+    files: dict[str, Path],
+    manifest: dict[str, Any],
+    golden: dict[str, dict[str, Any]] | None = None,
 ) -> list[ModelFiles]:
-    """Each config with the files of its version directory (model file, schema, preprocessor, manifest)."""
+    """Each config with the files of its version directory (model file, schema, preprocessor, manifest, golden)."""
     common: dict[str, FileSource] = {
         "schema.json": run.schema.to_json(),
         "preprocessor.json": run.preprocessor.to_json(),
@@ -249,6 +307,8 @@ def build_models(
         version_files: dict[str, FileSource] = {"manifest.json": json.dumps(role_manifest, indent=1, default=str)}
         if role in files:
             version_files |= {_FILES[role]: files[role], **common, "export_spec.json": spec.model_dump_json(indent=1)}
+            if golden and role in golden:
+                version_files[golden_file.GOLDEN_FILE] = json.dumps(golden[role], indent=1)
         elif role == "preprocess":
             version_files |= {"model.py": Path(preprocess_model.__file__).read_text(), **common}
         models.append(ModelFiles(config, version_files))
@@ -269,7 +329,8 @@ def export_run(run_dir: Path, repo: Path = DEFAULT_REPOSITORY, options: ExportOp
     Raises:
         CheckpointError: the run directory is incomplete.
         ConfigError: a bad option (name, --quantize without ONNX).
-        ExportError: export, parity, quantization gate or repository validation failed (nothing was written).
+        ExportError: export, parity, the golden records (odd input must give finite answers that agree with eager
+            PyTorch), quantization gate or repository validation failed (nothing was written).
     """
     options = options or ExportOptions()
     run = load_run(run_dir)
@@ -288,6 +349,8 @@ def export_run(run_dir: Path, repo: Path = DEFAULT_REPOSITORY, options: ExportOp
     check_writable(repo, list(configs.values()), version)  # refuse before the (slow) export and checks
     with tempfile.TemporaryDirectory(prefix="mtlrec-export-") as tmp:
         files, parity, quantization = _export_formats(run, spec, options, Path(tmp))
+        golden = _golden(run, spec, files, quantized=quantization is not None)
         manifest = _manifest(run, spec, names, version, options, parity, quantization)
-        written = write_model_repository(repo, build_models(run, spec, configs, files, manifest), version=version)
+        models = build_models(run, spec, configs, files, manifest, golden)
+        written = write_model_repository(repo, models, version=version)
     return ExportResult(written.repo, written.version, names, parity, quantization, manifest)

@@ -228,7 +228,9 @@ def serve_subprocess(
         command = [
             sys.executable, "-c", "from mtlrec.cli.app import main; main()", "serve",
             "--repo", str(repo), "--model", model, "--host", "127.0.0.1", "--port", str(port),
-            "--log-level", "warning", *(extra_args or []),
+            "--log-level", "warning",
+            # A server the load test owns is stopped once the test is over: no clients to drain, no grace period.
+            "--grace-seconds", "0", *(extra_args or []),
         ]  # fmt: skip
     else:
         command = [c.replace("{port}", str(port)) for c in command]

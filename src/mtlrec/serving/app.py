@@ -12,10 +12,28 @@ uvicorn). Two ways in, one batcher per model behind both:
   client code talks to this server and to a real Triton.
 
 Every request is validated and encoded on its own; only then are concurrent requests merged into one runner call
-(:class:`~mtlrec.serving.batcher.MicroBatcher`), so a bad request never fails its neighbours. A new version is
-opened and warmed completely before it replaces the old one; in-flight requests finish on the old model, which is
-closed once they have drained. Errors are JSON ``{"error": "..."}`` (v1 validation errors add pydantic's
-``detail`` with the field's ``loc``); ``GET /metrics`` exposes Prometheus histograms and counters.
+(:class:`~mtlrec.serving.batcher.MicroBatcher`), so a bad request never fails its neighbours. Errors are JSON
+``{"error": "..."}`` (v1 validation errors add pydantic's ``detail`` with the field's ``loc``); ``GET /metrics``
+exposes Prometheus histograms and counters.
+
+Under faults and load:
+
+* **Overload**: each model's queue holds at most ``max_queue`` requests; past it a request is answered 429 with
+  ``Retry-After`` at once. A request may carry a deadline (header ``X-Request-Timeout-Ms``; on v2 also the
+  ``timeout`` parameter, in microseconds as in Triton): once it has passed, the request is answered 504 and never
+  reaches the model. A queued request whose client disconnected is dropped before its model call.
+* **Warm-up before ready**: every version runs its warm-up (each batch size of the config's ``model_warmup`` and
+  ``preferred_batch_size``, and the micro-batcher's largest batch) and replays its golden records
+  (:mod:`mtlrec.export.golden`) before it serves; ``/v2/health/ready`` and the model's ready route answer 503 until
+  then (with ``load_in_background``, the port opens at once and reports live while the models warm up).
+* **Reloads**: a new version is opened, warmed and checked completely before it replaces the old one; in-flight
+  requests finish on the old model, which is closed once they have drained. A version that fails any of this is
+  refused (the reason is logged, answered by the load API and shown by the repository index) and the old one keeps
+  serving; polling skips a refused version until its files change. Removing the served version makes the newest
+  remaining one serve, after the same checks, and the removed one drains.
+* **Shutdown**: once :attr:`ModelRegistry.draining` is set (SIGTERM in :mod:`mtlrec.serving.server`), readiness
+  answers 503 and every response carries ``Connection: close`` while requests keep being served; the server then
+  stops accepting connections and answers what it accepted.
 
 Example::
 
@@ -27,6 +45,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import hmac
 import json
 import logging
@@ -49,10 +70,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from mtlrec import __version__
 from mtlrec.data.preprocess import SMALL_FRAME_ROWS, Preprocessor
 from mtlrec.errors import CheckpointError, ConfigError, DataError, MtlrecError
+from mtlrec.export.golden import check_golden, load_golden
 from mtlrec.export.spec import ExportSpec, Platform
 from mtlrec.export.triton_config import ServingOptions, build_model_config, parse, to_dict
 from mtlrec.schema import DENSE, SCENARIO, SPARSE_IDS, FeatureSchema
-from mtlrec.serving.batcher import BatcherClosed, MicroBatcher
+from mtlrec.serving.batcher import BatcherClosed, ClientGone, DeadlineExceeded, MicroBatcher, QueueFull
 from mtlrec.serving.metrics import ServerMetrics
 from mtlrec.serving.repository import ServedModel, list_models, open_model
 from mtlrec.serving.runners import Runner
@@ -70,6 +92,10 @@ _NATIVE: dict[str, np.dtype[Any]] = {"INT64": np.dtype(np.int64), "FP32": np.dty
 _SERVER_NAME = "mtlrec"
 _INLINE_PARSE_BYTES = 65_536
 _EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics"]
+TIMEOUT_HEADER = "x-request-timeout-ms"
+DEFAULT_MAX_QUEUE = 512
+# Why 1 s: the queue drains in milliseconds on the models served here; a client that waits a second finds room.
+RETRY_AFTER_S = 1
 
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -77,13 +103,19 @@ class HTTPProblem(Exception):  # noqa: N818  (an answer, not a bug)
     """An error answer: status, a message naming what is wrong, optional structured detail."""
 
     def __init__(
-        self, status: int, message: str, detail: list[dict[str, Any]] | None = None, hint: str | None = None
+        self,
+        status: int,
+        message: str,
+        detail: list[dict[str, Any]] | None = None,
+        hint: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.detail = detail
         self.hint = hint
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         """The JSON answer ``{"error": ..., "hint"?: ..., "detail"?: [...]}``."""
@@ -92,8 +124,10 @@ class HTTPProblem(Exception):  # noqa: N818  (an answer, not a bug)
             body["hint"] = self.hint
         if self.detail is not None:
             body["detail"] = self.detail
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        headers = dict(self.headers or {})
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse(body, status_code=self.status, headers=headers or None)
 
 
 def _unknown_model(name: str, version: str | None = None) -> HTTPProblem:
@@ -179,6 +213,7 @@ class ModelEntry:
     config: dict[str, Any]
     request_model: type[BaseModel]
     stats: ModelStats
+    warmup_sizes: list[int] = field(default_factory=list)
     in_use: int = 0
     retired: bool = False
     _drained: asyncio.Event | None = None
@@ -202,6 +237,12 @@ class ModelEntry:
     def max_batch_size(self) -> int:
         """The config's ``max_batch_size``: the most rows one v2 request may carry."""
         return int(self.config.get("max_batch_size", 0) or 0)
+
+    @functools.cached_property
+    def dense_limits(self) -> np.ndarray | None:
+        """Per dense column, the preprocessor's clip (``inf`` where none); None when no column is clipped."""
+        limits = np.array([f.clip if f.clip is not None else np.inf for f in self.schema.dense], dtype=np.float32)
+        return limits if bool(np.isfinite(limits).any()) else None
 
     def wire_output(self, output: str) -> str:
         """The v2 tensor name of spec output ``output`` (``ctr__0`` for a TorchScript model)."""
@@ -242,10 +283,42 @@ def _read_config(repo: Path, name: str, spec: ExportSpec, platform: Platform) ->
     return to_dict(cfg)
 
 
-def _zero_feed(spec: ExportSpec) -> dict[str, np.ndarray]:
-    """One all-zero row of every input (id 0 = OOV, dense 0 = the mean, scenario 0): a valid warm-up batch."""
+def _zero_feed(spec: ExportSpec, rows: int = 1) -> dict[str, np.ndarray]:
+    """``rows`` all-zero rows of every input (id 0 = OOV, dense 0 = the mean, scenario 0): a valid warm-up batch."""
     dtypes = {"int64": np.int64, "float32": np.float32}
-    return {t.name: np.zeros([1, *t.shape], dtype=dtypes[t.dtype]) for t in spec.inputs}
+    return {t.name: np.zeros([rows, *t.shape], dtype=dtypes[t.dtype]) for t in spec.inputs}
+
+
+def warmup_batch_sizes(config: dict[str, Any], batcher_max: int | None = None) -> list[int]:
+    """The batch sizes a version is warmed at before it serves.
+
+    Batch 1, every ``model_warmup`` batch size and every ``dynamic_batching.preferred_batch_size`` of the config
+    (the exported config, or the one built from the schema when the file is missing), and the micro-batcher's
+    largest batch; all capped by the config's ``max_batch_size``. Why: ONNX Runtime and TorchScript pay for a new
+    shape on its first run (allocations, kernel selection), which must not land on a client's request.
+
+    Example:
+        >>> warmup_batch_sizes({"max_batch_size": 8, "model_warmup": [{"batch_size": 8}],
+        ...                     "dynamic_batching": {"preferred_batch_size": [2, 4, 8]}}, batcher_max=256)
+        [1, 2, 4, 8]
+    """
+    sizes = {1}
+    for warmup in config.get("model_warmup") or []:
+        sizes.add(int(warmup.get("batch_size", 1) or 1))
+    sizes.update(int(s) for s in (config.get("dynamic_batching") or {}).get("preferred_batch_size") or [])
+    if batcher_max is not None:
+        sizes.add(batcher_max)
+    limit = int(config.get("max_batch_size", 0) or 0)
+    return sorted(s for s in sizes if s >= 1 and (limit <= 0 or s <= limit))
+
+
+def _version_signature(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """Names, sizes and modification times of a version directory's files: changes when the version is rewritten."""
+    try:
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        return tuple((p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
+    except OSError:
+        return ()
 
 
 class ThreadLocalRunner:
@@ -320,7 +393,7 @@ def open_triton_model(repo: Path, name: str, url: str, version: int | None = Non
 
 
 class ModelRegistry:
-    """The served models by name; loads, hot-swaps and drains them.
+    """The served models by name; loads, warms, checks, hot-swaps and drains them.
 
     Args:
         repo: the model repository.
@@ -331,6 +404,8 @@ class ModelRegistry:
         threads: intra-op threads of in-process runtimes.
         triton_url: Triton's HTTP address (backend ``triton`` only).
         metrics: where batch metrics go.
+        max_queue: requests each model's queue holds before 429; None = unbounded.
+        golden: replay each version's golden records before serving it (in-process backends).
     """
 
     def __init__(
@@ -344,6 +419,8 @@ class ModelRegistry:
         threads: int | None,
         triton_url: str | None,
         metrics: ServerMetrics,
+        max_queue: int | None = DEFAULT_MAX_QUEUE,
+        golden: bool = True,
     ) -> None:
         self.repo = repo
         self.fixed_names = names
@@ -353,12 +430,26 @@ class ModelRegistry:
         self.threads = threads
         self.triton_url = triton_url
         self.metrics = metrics
+        self.max_queue = max_queue
+        self.golden = golden
         self.entries: dict[str, ModelEntry] = {}
         self.failed: dict[str, str] = {}
+        self.loading: set[str] = set()  # models whose first version is being opened and warmed
+        self.expected: set[str] = set()  # models the server must serve to be ready
+        self.loaded = False  # the start-up load has finished
+        self.draining = False  # shutting down: not ready, requests still served
         self.shutting_down = False
         self.lifespans = 0
+        self._refused: dict[tuple[str, int], tuple[tuple[tuple[str, int, int], ...], str]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def ready(self) -> bool:
+        """Every model to serve is loaded and warmed, and the server is not shutting down."""
+        if self.draining or self.shutting_down or not self.loaded or not self.entries:
+            return False
+        return self.expected <= set(self.entries)
 
     # -- discovery and loading (synchronous: also run in worker threads)
     def servable(self) -> list[str]:
@@ -372,7 +463,12 @@ class ModelRegistry:
         return [n for n, versions in models.items() if (self.repo / n / str(versions[-1]) / wanted).is_file()]
 
     def open_entry(self, name: str, version: int | None = None) -> ModelEntry:
-        """Open, check and warm one model version; nothing is swapped in."""
+        """Open, warm and check one model version; nothing is swapped in.
+
+        Raises:
+            MtlrecError: the version cannot be opened, or it answers its golden records differently.
+            Exception: whatever the runtime raised on the warm-up.
+        """
         if self.backend == "triton":
             if not self.triton_url:
                 raise ConfigError("backend triton needs a server address", hint="pass --triton-url HOST:PORT")
@@ -380,9 +476,12 @@ class ModelRegistry:
         else:
             served = open_model(self.repo, name, version, backend=self.backend, threads=self.threads)
         try:
-            served.runner.infer(_zero_feed(served.spec))  # warm-up before the first request sees it
             platform = _platform_of(served.path)
             config = _read_config(self.repo, name, served.spec, platform)
+            request_model = build_request_model(served.schema)
+            sizes = self._warm_up(served, config)
+            if self.golden and self.backend != "triton":  # Triton answers from its own copy of the repository
+                self._check_golden(served, request_model)
             stats = ModelStats()
             metrics = self.metrics
 
@@ -393,21 +492,116 @@ class ModelRegistry:
                 metrics.batch_latency.labels(name).observe(seconds)
 
             batcher = MicroBatcher(
-                served.runner, max_batch_size=self.max_batch_size, max_delay_ms=self.max_delay_ms, on_batch=on_batch
+                served.runner,
+                max_batch_size=self.max_batch_size,
+                max_delay_ms=self.max_delay_ms,
+                on_batch=on_batch,
+                max_queue=self.max_queue,
             )
-            return ModelEntry(name, served, batcher, platform, config, build_request_model(served.schema), stats)
+            return ModelEntry(name, served, batcher, platform, config, request_model, stats, sizes)
         except Exception:
             served.close()
             raise
+
+    def _warm_up(self, served: ServedModel, config: dict[str, Any]) -> list[int]:
+        """Run the model once at every warm-up batch size (batch 1 only through Triton, which warms its own)."""
+        sizes = [1] if self.backend == "triton" else warmup_batch_sizes(config, self.max_batch_size)
+        start = time.perf_counter()
+        for rows in sizes:
+            outputs = served.runner.infer(_zero_feed(served.spec, rows))
+            bad = [n for n, v in outputs.items() if v.shape != (rows,) or not bool(np.isfinite(v).all())]
+            if bad:
+                raise CheckpointError(f"warm-up at batch size {rows} gave no finite [{rows}] answer for {bad}")
+        seconds = time.perf_counter() - start
+        self.metrics.warmup.labels(served.name).observe(seconds)
+        logger.info(
+            "warmed %s version %s at batch sizes %s in %.0f ms", served.name, served.version, sizes, seconds * 1e3
+        )
+        return sizes
+
+    def _check_golden(self, served: ServedModel, request_model: type[BaseModel]) -> None:
+        """Replay the version's golden records (when it has a golden file); refuse it if any answer moved."""
+        golden = load_golden(served.path)
+        if golden is None:
+            return
+        try:
+            request_model.model_validate({"records": golden["records"]})
+        except ValidationError as err:
+            first = err.errors(include_url=False, include_context=False, include_input=False)[0]
+            raise CheckpointError(
+                f"its golden records are no longer valid requests: {_loc(first['loc'])}: {first['msg']}",
+                hint="the request contract changed; export the run again",
+            ) from None
+
+        def predict(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+            return served.predict_frame(records_to_frame(records, served.schema))
+
+        problems = check_golden(golden, predict)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CheckpointError(
+                f"golden check failed: {problems[0]}{more}",
+                hint="this version answers its golden records differently than at export time "
+                "(a damaged file, or another runtime or mtlrec version); export it again",
+            )
+
+    def open_newest_good(self, name: str) -> ModelEntry:
+        """Open the newest version of ``name`` that loads, warms and passes its checks (refused ones are recorded).
+
+        Raises:
+            MtlrecError: no version of ``name`` can be served (the newest one's error).
+        """
+        versions = list_models(self.repo).get(name)
+        if not versions:
+            raise CheckpointError(f"model `{name}` is not in {self.repo}")
+        first_error: Exception | None = None
+        refusals: list[str] = []
+        for version in reversed(versions):
+            try:
+                entry = self.open_entry(name, version)
+            except Exception as err:  # this version is refused; an older one may serve
+                message = self._refuse(name, version, err)
+                refusals.append(f"version {version}: {message}")
+                first_error = first_error or err
+                continue
+            if refusals:
+                logger.warning("serving %s version %s; refused: %s", name, version, "; ".join(refusals))
+            return entry
+        assert first_error is not None
+        raise first_error
+
+    def _refuse(self, name: str, version: int, err: BaseException) -> str:
+        """Record a refused version (log, metrics, ``failed``, the poller's memory); return the reason."""
+        message = err.message if isinstance(err, MtlrecError) else f"{type(err).__name__}: {err}"
+        self._refused[(name, version)] = (_version_signature(self.repo / name / str(version)), message)
+        self.failed[name] = f"version {version}: {message}"
+        self.metrics.reloads.labels(name, "failed").inc()
+        serving = self.entries.get(name)
+        logger.error(
+            "refused %s version %s (%s): %s",
+            name,
+            version,
+            f"still serving version {serving.version}" if serving else "not serving it",
+            message,
+        )
+        return message
+
+    def _known_bad(self, name: str, version: int) -> bool:
+        """True when ``version`` was refused and its files have not changed since."""
+        refused = self._refused.get((name, version))
+        return refused is not None and refused[0] == _version_signature(self.repo / name / str(version))
 
     def _install(self, entry: ModelEntry) -> ModelEntry | None:
         """Swap ``entry`` in (one assignment: atomic for the event loop); return the entry it replaced."""
         old = self.entries.get(entry.name)
         self.entries[entry.name] = entry
-        self.failed.pop(entry.name, None)
+        self._refused.pop((entry.name, entry.version), None)
+        if not any(n == entry.name and v > entry.version for n, v in self._refused):
+            self.failed.pop(entry.name, None)  # a newer refused version stays reported
         self.metrics.model_version.labels(entry.name).set(entry.version)
         batcher = entry.batcher
         self.metrics.queue_depth.labels(entry.name).set_function(lambda: batcher.queue_rows)
+        self.metrics.queue_requests.labels(entry.name).set_function(lambda: batcher.queue_requests)
         return old
 
     def load_all(self) -> None:
@@ -418,8 +612,34 @@ class ModelRegistry:
                 f"no model in {self.repo} can be served with backend {self.backend}",
                 hint="export one with `mtlrec export RUN_DIR --repo DIR`, or pick another --backend",
             )
+        self.expected = set(names)
         for name in names:
-            self._install(self.open_entry(name))
+            self._install(self.open_newest_good(name))
+        self.loaded = True
+
+    async def load_all_async(self) -> None:
+        """:meth:`load_all` off the event loop, one model at a time: the server is live meanwhile, ready after."""
+        try:
+            names = await asyncio.to_thread(self.servable)
+        except MtlrecError as err:
+            logger.error("cannot list the models of %s: %s", self.repo, err.message)
+            return
+        self.expected = set(names)
+        self.loading = set(names)
+        for name in names:
+            try:
+                async with self._locks.setdefault(name, asyncio.Lock()):  # not at the same time as a load request
+                    entry = await asyncio.to_thread(self.open_newest_good, name)
+                    old = self._install(entry)
+                if old is not None:
+                    self._retire(old)
+            except Exception as err:  # refused and logged; the server stays live and not ready
+                logger.error("no version of %s can be served: %s", name, getattr(err, "message", err))
+            finally:
+                self.loading.discard(name)
+        self.loaded = True
+        if self.ready:
+            logger.info("ready: %s", ", ".join(f"{n} v{e.version}" for n, e in sorted(self.entries.items())))
 
     # -- request side
     @contextlib.asynccontextmanager
@@ -427,10 +647,12 @@ class ModelRegistry:
         """The current entry of ``name``, held (not closed) until the block ends.
 
         Raises:
-            HTTPProblem: 404 for an unknown model or a version that is not served.
+            HTTPProblem: 404 for an unknown model or a version that is not served; 503 while it is loading.
         """
         entry = self.entries.get(name)
         if entry is None:
+            if name in self.loading:
+                raise HTTPProblem(503, f"model '{name}' is loading (warm-up); retry", headers=_retry_after())
             raise _unknown_model(name)
         if version is not None and version != str(entry.version):
             raise _unknown_model(name, version)
@@ -441,15 +663,20 @@ class ModelRegistry:
             entry.release()
 
     # -- reload side
-    async def reload(self, name: str) -> dict[str, Any]:
+    async def reload(self, name: str, *, explicit: bool = True) -> dict[str, Any]:
         """Serve the newest version of ``name`` if it is not served yet; the old one drains, then closes.
+
+        The new version is opened, warmed and checked (golden records) before the swap; if any of it fails the
+        version is refused and the old one keeps serving. The served version's directory removed, the newest
+        remaining version takes over. Polling (``explicit=False``) skips versions refused before whose files have
+        not changed since; an explicit load always tries the newest version again.
 
         Returns:
             ``{"model", "version", "previous_version", "reloaded"}``.
 
         Raises:
-            HTTPProblem: 404 for a model that is not (and cannot be) served; 500 when the new version fails to
-                load (the old one keeps serving).
+            HTTPProblem: 404 for a model that is not (and cannot be) served; 500 when the new version is refused
+                (the old one keeps serving; the reason is in the answer).
         """
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
@@ -464,17 +691,19 @@ class ModelRegistry:
                 if current is None:
                     raise _unknown_model(name)
                 raise HTTPProblem(500, f"model `{name}` has disappeared from {self.repo}; still serving the old one")
-            newest = models[name][-1]
             previous = str(current.version) if current else None
-            if current is not None and newest == current.version:
+            versions = models[name]
+            if not explicit:
+                versions = [v for v in versions if not self._known_bad(name, v)]
+            if not versions or (current is not None and versions[-1] == current.version):
                 return {"model": name, "version": previous, "previous_version": previous, "reloaded": False}
+            newest = versions[-1]
+            if current is not None and newest < current.version:
+                logger.warning("%s version %s was removed; switching to version %s", name, current.version, newest)
             try:
                 entry = await asyncio.to_thread(self.open_entry, name, newest)
             except Exception as err:  # any load failure leaves the old version serving
-                message = err.message if isinstance(err, MtlrecError) else f"{type(err).__name__}: {err}"
-                self.failed[name] = f"version {newest}: {message}"
-                self.metrics.reloads.labels(name, "failed").inc()
-                logger.error("loading %s version %s failed, still serving %s: %s", name, newest, previous, message)
+                message = self._refuse(name, newest, err)
                 raise HTTPProblem(
                     500,
                     f"loading {name} version {newest} failed: {message}",
@@ -497,6 +726,8 @@ class ModelRegistry:
         await entry.wait_drained()
         await entry.batcher.close()
         await asyncio.to_thread(entry.served.close)
+        if not self.shutting_down:
+            await asyncio.to_thread(release_memory)
         logger.info("closed %s version %s", entry.name, entry.version)
 
     async def poll(self) -> None:
@@ -507,8 +738,10 @@ class ModelRegistry:
             logger.error("polling %s failed: %s", self.repo, err.message)
             return
         for name in sorted(set(names) | set(self.entries)):
+            if name in self.loading:
+                continue
             with contextlib.suppress(HTTPProblem):  # logged by reload; the old version keeps serving
-                await self.reload(name)
+                await self.reload(name, explicit=False)
 
     async def poll_forever(self, seconds: float) -> None:
         """Call :meth:`poll` every ``seconds`` until cancelled."""
@@ -527,6 +760,34 @@ class ModelRegistry:
             await self._close_when_drained(entry)
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def release_memory() -> None:
+    """Give the heap freed by a closed model version back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Why: a runtime session frees its arena into the C allocator, which keeps it; without a trim, every reload leaves
+    the resident size a little higher (triton #4528, #6781), which a soak over many reloads shows as a slope. No
+    ``gc.collect()`` here: the session is freed by reference counting when the runner closes, and a full collection
+    holds the GIL for ~0.1 s, a stall every request in flight would feel.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
+def _retry_after() -> dict[str, str]:
+    return {"Retry-After": str(RETRY_AFTER_S)}
+
+
+def _queue_full(entry: ModelEntry) -> HTTPProblem:
+    return HTTPProblem(
+        429,
+        f"model '{entry.name}' has {entry.batcher.queue_requests} requests queued, its limit; retry later",
+        hint="the server is overloaded: retry after the Retry-After seconds, or add replicas",
+        headers=_retry_after(),
+    )
 
 
 # ------------------------------------------------------------------------------------------------- body limit
@@ -591,6 +852,56 @@ class BodyLimitMiddleware:
             if started:
                 raise
             await _too_large(self.max_bytes, None)(scope, receive, send)
+
+
+@dataclass
+class RequestCounters:
+    """HTTP requests the app accepted and answered (a response fully sent), over its life."""
+
+    accepted: int = 0
+    answered: int = 0
+
+
+class LifecycleMiddleware:
+    """Count accepted and answered requests; while the registry drains, ask clients to close their connections.
+
+    ``Connection: close`` on every response of the drain makes keep-alive clients open a new connection for their
+    next request, which a load balancer sends elsewhere, instead of reusing one the server is about to close.
+    """
+
+    def __init__(self, app: Any, registry: ModelRegistry, metrics: ServerMetrics, counters: RequestCounters) -> None:
+        self.app = app
+        self.registry = registry
+        self.metrics = metrics
+        self.counters = counters
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        """ASGI entry point."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        counters, registry = self.counters, self.registry
+        counters.accepted += 1
+        self.metrics.inflight.inc()
+
+        async def tracked_send(message: MutableMapping[str, Any]) -> None:
+            kind = message["type"]
+            if kind == "http.response.start" and registry.draining:
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+            if kind == "http.response.body" and not message.get("more_body", False):
+                counters.answered += 1
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        finally:
+            self.metrics.inflight.dec()
 
 
 def _decode_body(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -697,6 +1008,7 @@ class V2Request:
     tensors: dict[str, np.ndarray]
     rows: int
     outputs: list[tuple[str, bool]]  # (spec output name, binary)
+    timeout_us: int | None = None  # the ``timeout`` parameter (microseconds, as in Triton); None = none
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
@@ -731,7 +1043,11 @@ def _json_tensor(item: _V2Input, expected: str) -> np.ndarray:
 
 
 def _check_ranges(entry: ModelEntry, tensors: dict[str, np.ndarray]) -> None:
-    """Ids inside each vocabulary, a known scenario, finite dense values: a runtime never sees a bad row."""
+    """Ids inside each vocabulary, a known scenario, finite dense values: a runtime never sees a bad row.
+
+    Dense values are clipped to each field's ``clip``, as the preprocessor clips them: an extreme tensor gets the
+    answer the same extreme raw value gets through the records API, finite on every runtime.
+    """
     schema = entry.schema
     if SPARSE_IDS in tensors:
         ids = tensors[SPARSE_IDS]  # [B, F]
@@ -749,6 +1065,11 @@ def _check_ranges(entry: ModelEntry, tensors: dict[str, np.ndarray]) -> None:
     if DENSE in tensors and not bool(np.isfinite(tensors[DENSE]).all()):
         row = int(np.flatnonzero(~np.isfinite(tensors[DENSE]).all(axis=1))[0])
         raise HTTPProblem(400, f"input 'dense' has a non-finite value at row {row}")
+    limits = entry.dense_limits
+    if DENSE in tensors and limits is not None:
+        dense = tensors[DENSE]  # [B, D], a private copy made by the decoder
+        if bool((np.abs(dense) > limits).any()):
+            tensors[DENSE] = np.clip(dense, -limits, limits).astype(np.float32, copy=False)
     if SCENARIO in tensors:
         scenario = tensors[SCENARIO]
         count = schema.num_scenarios
@@ -849,7 +1170,44 @@ def parse_v2_request(entry: ModelEntry, body: bytes, header_length: str | None) 
         outputs.append((wire_to_spec[out.name], bool(out.parameters.get("binary_data", default_binary))))
     if request.outputs is None:
         outputs = [(n, default_binary) for n in spec.output_names]
-    return V2Request(request.id, tensors, batch, outputs)
+    return V2Request(request.id, tensors, batch, outputs, _timeout_parameter(request.parameters))
+
+
+def _timeout_parameter(parameters: dict[str, Any]) -> int | None:
+    """The v2 ``timeout`` request parameter in microseconds (Triton's meaning; 0 or absent = no deadline)."""
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise HTTPProblem(400, f"parameter 'timeout' must be a non-negative integer (microseconds), got {value!r}")
+    return value or None
+
+
+def request_deadline(header: str | None, started: float, timeout_us: int | None = None) -> float | None:
+    """The request's deadline as a ``time.perf_counter()`` value: the earlier of ``X-Request-Timeout-Ms`` and the
+    v2 ``timeout`` parameter, counted from ``started`` (the request's arrival); None when it has neither.
+
+    Raises:
+        HTTPProblem: 400 for a header that is not a positive number of milliseconds.
+
+    Example:
+        >>> request_deadline("250", started=100.0, timeout_us=100_000)
+        100.1
+    """
+    deadlines: list[float] = []
+    if header is not None:
+        try:
+            ms = float(header)
+        except ValueError:
+            ms = math.nan
+        if not (math.isfinite(ms) and ms > 0):
+            raise HTTPProblem(
+                400, f"header X-Request-Timeout-Ms must be a positive number of milliseconds, got {header!r}"
+            )
+        deadlines.append(started + ms / 1e3)
+    if timeout_us:
+        deadlines.append(started + timeout_us / 1e6)
+    return min(deadlines) if deadlines else None
 
 
 def v2_response(entry: ModelEntry, request: V2Request, outputs: dict[str, np.ndarray]) -> Response:
@@ -909,8 +1267,12 @@ def create_app(
     poll_seconds: float | None = None,
     threads: int | None = None,
     triton_url: str | None = None,
+    max_queue: int | None = DEFAULT_MAX_QUEUE,
+    load_in_background: bool = False,
+    golden_check: bool = True,
 ) -> FastAPI:
-    """The server of a model repository (models are opened and warmed here, before the app is returned).
+    """The server of a model repository (models are opened, warmed and checked here, before the app is returned,
+    unless ``load_in_background``).
 
     Args:
         repo: a repository written by ``mtlrec export``.
@@ -926,10 +1288,17 @@ def create_app(
         poll_seconds: look for new versions this often (None: only on ``POST /v1/models/{name}/load``).
         threads: intra-op threads of in-process runtimes.
         triton_url: Triton's HTTP address for backend ``triton``.
+        max_queue: requests each model's queue holds; past it requests get 429 with ``Retry-After``.
+            None = unbounded.
+        load_in_background: open and warm the models when the app starts (lifespan), off the event loop, so that
+            the server is live at once and ready when every model is warm; False = before returning.
+        golden_check: replay each version's golden records before serving it; a version whose answers moved is
+            refused.
 
     Raises:
         ConfigError: an invalid option.
-        CheckpointError: the repository or a model cannot be opened.
+        CheckpointError: the repository or a model cannot be opened (with ``load_in_background``: no model of the
+            repository can be served by ``backend``).
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend `{backend}`", hint=f"use one of {', '.join(BACKENDS)}")
@@ -937,6 +1306,8 @@ def create_app(
         raise ConfigError("max_batch_size and max_body_bytes must be positive, max_delay_ms not negative")
     if poll_seconds is not None and poll_seconds <= 0:
         raise ConfigError("poll_seconds must be positive", hint="leave it out to reload only on request")
+    if max_queue is not None and max_queue < 1:
+        raise ConfigError("max_queue must be at least 1", hint="leave it out (None) for an unbounded queue")
     key = resolve_api_key(api_key)
     metrics = ServerMetrics()
     registry = ModelRegistry(
@@ -948,28 +1319,50 @@ def create_app(
         threads=threads,
         triton_url=triton_url,
         metrics=metrics,
+        max_queue=max_queue,
+        golden=golden_check,
     )
-    registry.load_all()
+    if load_in_background:
+        if not registry.servable():
+            raise CheckpointError(
+                f"no model in {repo} can be served with backend {backend}",
+                hint="export one with `mtlrec export RUN_DIR --repo DIR`, or pick another --backend",
+            )
+    else:
+        registry.load_all()
+    metrics.ready.set_function(lambda: float(registry.ready))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Lifespans may nest or repeat (test clients): the first one in starts, the last one out closes.
         if registry.lifespans == 0 and registry.shutting_down:
+            registry.loaded = registry.draining = False
             await asyncio.to_thread(registry.load_all)  # started again after a shutdown: reopen the models
             registry.shutting_down = False
         registry.lifespans += 1
-        poller = asyncio.create_task(registry.poll_forever(poll_seconds)) if poll_seconds else None
+        tasks: list[asyncio.Task[None]] = []
+        if not registry.loaded and registry.lifespans == 1:
+            tasks.append(asyncio.create_task(registry.load_all_async()))
+        if poll_seconds:
+            tasks.append(asyncio.create_task(registry.poll_forever(poll_seconds)))
         try:
             yield
         finally:
             registry.lifespans -= 1
-            if poller is not None:
-                poller.cancel()
+            for task in tasks:
+                task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+                    await task
             if registry.lifespans == 0:
                 registry.shutting_down = True  # readiness answers 503 while the models drain
                 await registry.close()
+                lifecycle = app.state.lifecycle
+                logger.info(
+                    "stopped: %d requests accepted, %d answered, %d unanswered",
+                    lifecycle.accepted,
+                    lifecycle.answered,
+                    lifecycle.accepted - lifecycle.answered,
+                )
 
     app = FastAPI(
         title="mtlrec serving",
@@ -980,6 +1373,9 @@ def create_app(
     app.state.registry = registry
     app.state.metrics = metrics
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
+    lifecycle = RequestCounters()
+    app.add_middleware(LifecycleMiddleware, registry=registry, metrics=metrics, counters=lifecycle)
+    app.state.lifecycle = lifecycle
 
     @app.exception_handler(HTTPProblem)
     async def _problem(_request: Request, err: HTTPProblem) -> JSONResponse:
@@ -1011,18 +1407,53 @@ def create_app(
         metrics.request_latency.labels(route, label).observe(time.perf_counter() - start)
         return response
 
-    async def _infer(entry: ModelEntry, tensors: dict[str, np.ndarray], started: float) -> dict[str, np.ndarray]:
-        """The micro-batched runner call; a runner failure is a 503 for this request only."""
+    def _admit(name: str) -> None:
+        """429 at once, before the body is read, when the model's queue is full (the batcher checks again)."""
+        entry = registry.entries.get(name)
+        if entry is not None and entry.batcher.full:
+            metrics.rejected.labels(name, "queue_full").inc()
+            raise _queue_full(entry)
+
+    async def _infer(
+        entry: ModelEntry,
+        tensors: dict[str, np.ndarray],
+        started: float,
+        deadline: float | None = None,
+        request: Request | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The micro-batched runner call; a runner failure is a 503 for this request only.
+
+        Overload answers: 429 when the queue is full, 504 when the deadline passed (no model call unless it passed
+        during the call), 499 when the client went away while queued (no model call; nobody reads the answer).
+        """
         entry.stats.compute_input.add(time.perf_counter() - started)
+        name = entry.name
+        metrics.queue_at_arrival.labels(name).observe(entry.batcher.queue_requests)
+        probe = request.is_disconnected if request is not None else None
         try:
-            result = await entry.batcher.submit_timed(tensors)
+            result = await entry.batcher.submit_timed(tensors, deadline=deadline, disconnected=probe)
         except BatcherClosed:
-            raise HTTPProblem(503, f"model '{entry.name}' is being unloaded; retry") from None
+            raise HTTPProblem(503, f"model '{entry.name}' is being unloaded; retry", headers=_retry_after()) from None
+        except QueueFull:
+            metrics.rejected.labels(name, "queue_full").inc()
+            raise _queue_full(entry) from None
+        except DeadlineExceeded as err:
+            metrics.expired.labels(name, err.stage).inc()
+            spent = "during the model call" if err.stage == "compute" else "before the model call, which was skipped"
+            raise HTTPProblem(
+                504,
+                f"the request's deadline passed {spent}",
+                hint="raise X-Request-Timeout-Ms (or the v2 `timeout` parameter), or retry",
+            ) from None
+        except ClientGone:
+            metrics.abandoned.labels(name).inc()
+            raise HTTPProblem(499, "the client closed the connection; the request was dropped") from None
         except Exception as err:  # the runtime failed: this batch only
             entry.stats.fail.add(time.perf_counter() - started)
             logger.error("inference on %s version %s failed: %s", entry.name, entry.version, err)
             raise HTTPProblem(503, f"inference failed on model '{entry.name}': {err}") from None
         rows = int(next(iter(tensors.values())).shape[0])
+        metrics.queue_wait.labels(name).observe(result.queue_seconds)
         entry.stats.inference_count += rows
         entry.stats.queue.add(result.queue_seconds)
         entry.stats.compute_infer.add(result.compute_seconds)
@@ -1065,7 +1496,10 @@ def create_app(
     )
     async def v1_predict(name: str, request: Request) -> Response:
         async def handle() -> Response:
+            arrived = time.perf_counter()
             _authorize(request, key)
+            deadline = request_deadline(request.headers.get(TIMEOUT_HEADER), arrived)
+            _admit(name)
             body = await request.body()
             started = time.perf_counter()
             async with registry.use(name) as entry:
@@ -1078,7 +1512,7 @@ def create_app(
                         tensors, oov = await asyncio.to_thread(entry.served.encode, frame)
                 except DataError as err:
                     raise HTTPProblem(422, err.message, hint=err.hint) from None
-                outputs = await _infer(entry, tensors, started)
+                outputs = await _infer(entry, tensors, started, deadline, request)
                 version = str(entry.version)
             for field_name, count in oov.items():
                 if count:
@@ -1103,10 +1537,9 @@ def create_app(
     async def v2_live() -> Response:
         return Response(status_code=200)
 
-    @app.get("/v2/health/ready", summary="KServe v2: the server is ready")
+    @app.get("/v2/health/ready", summary="KServe v2: the server is ready (every model warm, not draining)")
     async def v2_ready() -> Response:
-        ready = not registry.shutting_down and bool(registry.entries)
-        return Response(status_code=200 if ready else 503)
+        return Response(status_code=200 if registry.ready else 503)
 
     @app.get("/v2", summary="KServe v2: server metadata")
     async def v2_server() -> dict[str, Any]:
@@ -1132,15 +1565,19 @@ def create_app(
     async def v2_model_version(name: str, version: str) -> dict[str, Any]:
         return _model_metadata(_entry(name, version))
 
-    @app.get("/v2/models/{name}/ready", summary="KServe v2: the model is ready")
+    def _model_ready(name: str, version: str | None = None) -> Response:
+        if name in registry.loading and name not in registry.entries:
+            return Response(status_code=503)  # known, warming up
+        _entry(name, version)
+        return Response(status_code=503 if registry.draining or registry.shutting_down else 200)
+
+    @app.get("/v2/models/{name}/ready", summary="KServe v2: the model is ready (warm, not draining)")
     async def v2_model_ready(name: str) -> Response:
-        _entry(name)
-        return Response(status_code=200)
+        return _model_ready(name)
 
     @app.get("/v2/models/{name}/versions/{version}/ready", summary="KServe v2: the model version is ready")
     async def v2_model_version_ready(name: str, version: str) -> Response:
-        _entry(name, version)
-        return Response(status_code=200)
+        return _model_ready(name, version)
 
     @app.get("/v2/models/{name}/config", summary="Triton: the model's config.pbtxt as JSON")
     async def v2_config(name: str) -> dict[str, Any]:
@@ -1162,7 +1599,11 @@ def create_app(
 
     async def _v2_infer(name: str, version: str | None, request: Request) -> Response:
         async def handle() -> Response:
+            arrived = time.perf_counter()
             _authorize(request, key)
+            header_timeout = request.headers.get(TIMEOUT_HEADER)
+            request_deadline(header_timeout, arrived)  # a malformed header is refused before the body is read
+            _admit(name)
             body = _decode_body(await request.body(), request.headers.get("content-encoding"), max_body_bytes)
             started = time.perf_counter()
             async with registry.use(name, version) as entry:
@@ -1171,7 +1612,8 @@ def create_app(
                     parsed = await asyncio.to_thread(parse_v2_request, entry, body, header_length)
                 else:
                     parsed = parse_v2_request(entry, body, header_length)
-                outputs = await _infer(entry, parsed.tensors, started)
+                deadline = request_deadline(header_timeout, arrived, parsed.timeout_us)
+                outputs = await _infer(entry, parsed.tensors, started, deadline, request)
                 out_start = time.perf_counter()
                 response = v2_response(entry, parsed, outputs)
                 entry.stats.compute_output.add(time.perf_counter() - out_start)
@@ -1244,6 +1686,9 @@ def create_app(
                     (401, "missing API key"),
                     (413, "body too large"),
                     (422, "invalid records"),
+                    (429, "the model's queue is full; retry after Retry-After seconds"),
+                    (503, "the model is loading or being unloaded; retry"),
+                    (504, "the deadline of X-Request-Timeout-Ms passed"),
                 )
             }
             document.setdefault("paths", {})[f"/v1/models/{name}/predict"] = {

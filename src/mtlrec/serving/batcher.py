@@ -7,6 +7,16 @@ axis, runs the runner once in a dedicated worker thread (the event loop keeps ac
 hands every request its own rows back, in order. A request larger than ``max_batch_size`` rows runs alone. When a
 runner call fails, only the requests of that batch get the error; the worker goes on with the next batch.
 
+Under overload nothing piles up and nothing is computed for nobody:
+
+* the queue is bounded: with ``max_queue`` requests waiting, :meth:`MicroBatcher.submit` refuses at once with
+  :class:`QueueFull` (the server answers 429 with ``Retry-After``);
+* a request may carry a deadline: one that has passed is refused before queueing, and a queued request whose
+  deadline passes is answered :class:`DeadlineExceeded` at that moment (not after the batch in flight) and is never
+  part of a runner call;
+* a request may carry a disconnect probe: when the batch is formed, a request that waited ``PROBE_AFTER_S`` or
+  longer and whose client has gone away is answered :class:`ClientGone` and dropped, so it costs no model call.
+
 Example::
 
     batcher = MicroBatcher(runner, max_batch_size=256)
@@ -20,7 +30,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -45,14 +55,46 @@ class BatcherClosed(RuntimeError):  # noqa: N818  (reads as a state, like asynci
     """The batcher was closed; the request should go to the model that replaced it."""
 
 
+class QueueFull(RuntimeError):  # noqa: N818  (reads as a state)
+    """``max_queue`` requests are waiting already; this one was refused without queueing."""
+
+
+class DeadlineExceeded(RuntimeError):  # noqa: N818  (reads as an event, like asyncio.TimeoutError)
+    """The request's deadline passed before its answer was ready.
+
+    Attributes:
+        stage: ``arrival`` (passed before queueing), ``queue`` (while waiting: no model call was made for it) or
+            ``compute`` (while its batch ran).
+    """
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"the request's deadline passed ({stage})")
+        self.stage = stage
+
+
+class ClientGone(RuntimeError):  # noqa: N818  (reads as a state)
+    """The client disconnected while the request was queued; it was dropped before any model call."""
+
+
+# Why 2 ms: a client hardly hangs up on a request younger than that, and a probe costs ~20 µs of event loop time
+# (an ASGI receive that is cancelled at once); requests that waited longer are the ones whose clients give up.
+PROBE_AFTER_S = 0.002
+
+DisconnectProbe = Callable[[], Awaitable[bool]]
+"""Returns True once the client of a request has gone away (e.g. starlette's ``Request.is_disconnected``)."""
+
+
 @dataclass
 class _Pending:
     tensors: dict[str, np.ndarray]
     rows: int
     future: asyncio.Future[dict[str, np.ndarray]]
+    deadline: float | None = None  # time.perf_counter() value
+    disconnected: DisconnectProbe | None = None
     arrived: float = field(default_factory=time.perf_counter)
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
+    taken: bool = False  # part of a runner call
 
     @property
     def signature(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
@@ -77,6 +119,8 @@ class MicroBatcher:
             Triton's ``max_queue_delay_microseconds``) never delays a request: while a runner call is in flight the
             next requests queue up, and the next call takes all of them, so batches grow with the load by themselves.
         on_batch: optional hook called after each runner call with (rows, requests, seconds).
+        max_queue: most requests waiting for a runner call (the one in flight not counted); past it
+            :meth:`submit` raises :class:`QueueFull`. None = unbounded.
     """
 
     def __init__(
@@ -86,16 +130,21 @@ class MicroBatcher:
         max_batch_size: int = 256,
         max_delay_ms: float = 0.0,
         on_batch: BatchHook | None = None,
+        max_queue: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if max_delay_ms < 0:
             raise ValueError("max_delay_ms must not be negative")
+        if max_queue is not None and max_queue < 1:
+            raise ValueError("max_queue must be at least 1 (or None for no bound)")
         self.runner = runner
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay_ms / 1000.0
         self.on_batch = on_batch
+        self.max_queue = max_queue
         self.batches = 0
+        self.dropped = 0  # requests answered without a runner call (deadline passed, client gone)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtlrec-runner")
         self._pending: deque[_Pending] = deque()
         self._wakeup: asyncio.Event | None = None
@@ -114,6 +163,11 @@ class MicroBatcher:
         """Requests waiting for a runner call."""
         return len(self._pending)
 
+    @property
+    def full(self) -> bool:
+        """True when a new request would be refused with :class:`QueueFull`."""
+        return self.max_queue is not None and len(self._pending) >= self.max_queue
+
     def _ensure_worker(self) -> None:
         loop = asyncio.get_running_loop()
         if self._worker is None or self._worker.done() or self._loop is not loop:
@@ -122,34 +176,70 @@ class MicroBatcher:
             self._wakeup = asyncio.Event()
             self._worker = loop.create_task(self._run(), name="mtlrec-batcher")
 
-    async def submit(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def submit(
+        self,
+        tensors: dict[str, np.ndarray],
+        *,
+        deadline: float | None = None,
+        disconnected: DisconnectProbe | None = None,
+    ) -> dict[str, np.ndarray]:
         """Queue one request's tensors (``[B, ...]`` each) and wait for its outputs (``[B]`` each).
+
+        Args:
+            tensors: the request's input tensors.
+            deadline: a ``time.perf_counter()`` value after which the answer is of no use; None = none.
+            disconnected: a probe, asked when the batch is formed, that says whether the client has gone away.
 
         Raises:
             BatcherClosed: the batcher is closed.
+            QueueFull: ``max_queue`` requests are waiting already.
+            DeadlineExceeded: the deadline passed before the answer was ready.
+            ClientGone: the client went away while the request was queued.
             ValueError: the tensors disagree on the batch size.
             Exception: whatever the runner raised for the batch this request was part of.
         """
-        return (await self.submit_timed(tensors)).outputs
+        return (await self.submit_timed(tensors, deadline=deadline, disconnected=disconnected)).outputs
 
-    async def submit_timed(self, tensors: dict[str, np.ndarray]) -> BatchResult:
+    async def submit_timed(
+        self,
+        tensors: dict[str, np.ndarray],
+        *,
+        deadline: float | None = None,
+        disconnected: DisconnectProbe | None = None,
+    ) -> BatchResult:
         """As :meth:`submit`, with the time spent queued and in the runner call.
 
         Raises:
             BatcherClosed: the batcher is closed.
+            QueueFull: ``max_queue`` requests are waiting already.
+            DeadlineExceeded: the deadline passed before the answer was ready.
+            ClientGone: the client went away while the request was queued.
             ValueError: the tensors disagree on the batch size.
             Exception: whatever the runner raised for the batch this request was part of.
         """
         if self._closed:
             raise BatcherClosed("the model was unloaded")
         rows = _rows(tensors)
+        if deadline is not None and time.perf_counter() >= deadline:
+            raise DeadlineExceeded("arrival")
+        if self.full:
+            raise QueueFull(f"{len(self._pending)} requests are queued for this model (the limit)")
         self._ensure_worker()
         assert self._wakeup is not None
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        pending = _Pending(tensors, rows, future)
+        pending = _Pending(tensors, rows, future, deadline, disconnected)
         self._pending.append(pending)
         self._wakeup.set()
-        outputs = await future
+        if deadline is None:
+            outputs = await future
+        else:
+            try:
+                # On timeout the future is cancelled, so the worker skips it: no model call for an expired request.
+                outputs = await asyncio.wait_for(future, timeout=max(0.0, deadline - time.perf_counter()))
+            except TimeoutError:
+                if not pending.taken:
+                    self.dropped += 1
+                raise DeadlineExceeded("compute" if pending.taken else "queue") from None
         return BatchResult(outputs, pending.queue_seconds, pending.compute_seconds)
 
     def _take_batch(self) -> list[_Pending]:
@@ -193,14 +283,38 @@ class MicroBatcher:
                 await wakeup.wait()
                 continue
             await self._gather()
-            batch = self._take_batch()
-            batch = [p for p in batch if not p.future.done()]  # a caller that gave up (cancelled)
+            batch = await self._admit(self._take_batch())
             if batch:
                 self._busy = True
                 try:
                     await self._execute(batch)
                 finally:
                     self._busy = False
+
+    async def _admit(self, batch: list[_Pending]) -> list[_Pending]:
+        """Drop the requests nobody waits for any more: cancelled, past their deadline, or whose client left."""
+        now = time.perf_counter()
+        kept: list[_Pending] = []
+        for p in batch:
+            if p.future.done():  # the caller gave up (its deadline timer fired, or it was cancelled)
+                continue
+            if p.deadline is not None and now >= p.deadline:
+                self.dropped += 1
+                p.future.set_exception(DeadlineExceeded("queue"))
+                continue
+            if p.disconnected is not None and now - p.arrived >= PROBE_AFTER_S:
+                try:
+                    gone = await p.disconnected()
+                except Exception:  # a probe that fails says nothing: keep the request
+                    gone = False
+                if gone and not p.future.done():
+                    self.dropped += 1
+                    p.future.set_exception(ClientGone("the client disconnected while the request was queued"))
+                    continue
+            if not p.future.done():
+                p.taken = True
+                kept.append(p)
+        return kept
 
     async def _execute(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()

@@ -1,7 +1,9 @@
 """Prometheus metrics of the server: one private registry per app, served at ``GET /metrics``.
 
 Histograms (not summaries) so that a fleet's percentiles can be aggregated; labels are bounded: the route template
-(never the raw path), the served model name (``-`` for an unknown one) and the HTTP status code.
+(never the raw path), the served model name (``-`` for an unknown one), the HTTP status code and a few fixed
+reasons. Overload shows as the queue depth (a gauge now, a histogram of what each arrival found), the time spent
+queued, and counters of requests refused (``queue_full``), expired (by stage) and abandoned by their client.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+QUEUE_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
 class ServerMetrics:
@@ -75,6 +78,54 @@ class ServerMetrics:
             "Model reloads, per model and outcome",
             ["model", "outcome"],
             registry=self.registry,
+        )
+        self.queue_requests = Gauge(
+            "mtlrec_queue_depth_requests", "Requests waiting for a runner call", ["model"], registry=self.registry
+        )
+        self.queue_at_arrival = Histogram(
+            "mtlrec_queue_depth_at_arrival_requests",
+            "Requests already waiting when a request reached the model's queue",
+            ["model"],
+            buckets=QUEUE_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "mtlrec_queue_wait_seconds",
+            "Time a request waited in the queue before its runner call",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "mtlrec_rejected_requests",
+            "Requests refused without queueing, per model and reason (queue_full)",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self.expired = Counter(
+            "mtlrec_expired_requests",
+            "Requests whose deadline passed, per model and stage: arrival or queue (no model call), compute",
+            ["model", "stage"],
+            registry=self.registry,
+        )
+        self.abandoned = Counter(
+            "mtlrec_abandoned_requests",
+            "Queued requests dropped because their client disconnected (no model call)",
+            ["model"],
+            registry=self.registry,
+        )
+        self.warmup = Histogram(
+            "mtlrec_model_warmup_seconds",
+            "Warm-up of a model version (every warm-up batch size) before it was served",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "mtlrec_ready", "1 when /v2/health/ready answers 200 (loaded, warmed, not draining)", registry=self.registry
+        )
+        self.inflight = Gauge(
+            "mtlrec_inflight_requests", "HTTP requests accepted and not yet answered", registry=self.registry
         )
 
     def render(self) -> bytes:

@@ -95,9 +95,13 @@ class OnnxRuntimeRunner(_Closing):
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
         self.spec = spec
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        self.session: Any = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.providers: list[str] = list(self.session.get_providers())
         self._version = ort.__version__
+
+    def close(self) -> None:
+        """Release the session now (its memory and intra-op threads), not whenever the garbage collector runs."""
+        self.session = None
 
     @property
     def description(self) -> str:
@@ -107,6 +111,8 @@ class OnnxRuntimeRunner(_Closing):
     def infer(self, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch."""
         _check_feed(self.spec, tensors)
+        if self.session is None:
+            raise RunnerError("the ONNX Runtime session is closed")
         feed = {n: tensors[n] for n in self.spec.input_names}
         values = self.session.run(self.spec.output_names, feed)
         # [B, 1] per output -> [B]
@@ -132,6 +138,10 @@ class TorchScriptRunner(_Closing):
             self.module: Any = torch.jit.load(str(path), map_location=self.device)  # type: ignore[no-untyped-call]
         self.module.eval()
 
+    def close(self) -> None:
+        """Release the module now."""
+        self.module = None
+
     @property
     def description(self) -> str:
         """Runtime and device."""
@@ -144,6 +154,8 @@ class TorchScriptRunner(_Closing):
         import torch
 
         _check_feed(self.spec, tensors)
+        if self.module is None:
+            raise RunnerError("the TorchScript module is closed")
         inputs = [torch.from_numpy(np.ascontiguousarray(tensors[n])).to(self.device) for n in self.spec.input_names]
         with torch.inference_mode():
             outputs = self.module(*inputs)

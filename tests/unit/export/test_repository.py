@@ -68,8 +68,16 @@ def test_export_writes_valid_repository_with_conventional_names(exported: Export
     }
     assert validate_repository(exported.repo) == []
     files = {p.name for p in exported.version_dir("onnx").iterdir()}
-    assert files == {"model.onnx", "export_spec.json", "schema.json", "preprocessor.json", "manifest.json"}
+    assert files == {
+        "model.onnx",
+        "export_spec.json",
+        "schema.json",
+        "preprocessor.json",
+        "manifest.json",
+        "golden.json",
+    }
     assert (exported.version_dir("torchscript") / "model.pt").is_file()
+    assert (exported.version_dir("torchscript") / "golden.json").is_file()  # a golden file per exported model
     assert (exported.version_dir("preprocess") / "model.py").is_file()
     assert set(exported.parity) == {"onnx", "torchscript"}
     assert all(d <= 1e-5 for report in exported.parity.values() for d in report.max_abs_diff.values())

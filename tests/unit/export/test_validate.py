@@ -158,8 +158,8 @@ def test_validate_export_accepts_regression_values_outside_unit_interval(tmp_pat
     torch.manual_seed(0)
     model = build_model("shared_bottom", {"bottom": {"hidden": [8]}, "tower": {"hidden": [4]}}, schema)
     towers = model.towers
-    assert isinstance(towers, nn.ModuleDict)
-    tower = towers["dwell"]
+    assert isinstance(towers, nn.ModuleList)
+    tower = towers[model.task_names.index("dwell")]  # one tower per head, in task order on the mtl track
     assert isinstance(tower, Tower)
     bias = tower.out.bias
     with torch.no_grad():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mtlrec.export.spec import ExportSpec, TensorSpec
-from mtlrec.serving.batcher import BatcherClosed, MicroBatcher
+from mtlrec.serving.batcher import BatcherClosed, ClientGone, DeadlineExceeded, MicroBatcher, QueueFull
 
 SPEC = ExportSpec(
     model="fake",
@@ -172,3 +172,78 @@ def test_mismatched_tensors_are_refused_before_batching() -> None:
         await batcher.close()
 
     run(main())
+
+
+def test_a_full_queue_refuses_at_once_and_takes_requests_again_once_it_drains() -> None:
+    runner = FakeRunner(sleep_s=0.2)
+
+    async def main() -> list[Any]:
+        batcher = MicroBatcher(runner, max_batch_size=1, max_queue=2)
+        busy = asyncio.create_task(batcher.submit(rows(0, 1)))
+        await asyncio.sleep(0.05)  # the first request is in the runner; the queue is empty
+        queued = [asyncio.create_task(batcher.submit(rows(i, 1))) for i in (1, 2)]
+        await asyncio.sleep(0)
+        assert batcher.full
+        start = time.perf_counter()
+        with pytest.raises(QueueFull):
+            await batcher.submit(rows(3, 1))
+        assert time.perf_counter() - start < 0.05  # refused without waiting for the busy runner
+        answers = await asyncio.gather(busy, *queued)
+        assert not batcher.full and (await batcher.submit(rows(4, 1)))["out"].tolist() == [41.0]
+        await batcher.close()
+        return answers
+
+    answers = run(main())
+    assert [a["out"].tolist() for a in answers] == [[1.0], [11.0], [21.0]]
+    assert runner.calls == [1, 1, 1, 1]
+
+
+def test_a_deadline_passing_in_the_queue_answers_at_once_and_never_reaches_the_runner() -> None:
+    runner = FakeRunner(sleep_s=0.3)
+
+    async def main() -> None:
+        batcher = MicroBatcher(runner, max_batch_size=8)
+        busy = asyncio.create_task(batcher.submit(rows(0, 1)))
+        await asyncio.sleep(0.05)
+        start = time.perf_counter()
+        with pytest.raises(DeadlineExceeded) as queued:
+            await batcher.submit(rows(1, 2), deadline=time.perf_counter() + 0.05)
+        assert time.perf_counter() - start < 0.2  # at the deadline, not after the batch in flight
+        assert queued.value.stage == "queue"
+        with pytest.raises(DeadlineExceeded) as arrival:
+            await batcher.submit(rows(3, 1), deadline=time.perf_counter() - 1)
+        assert arrival.value.stage == "arrival"
+        await busy
+        ok = await batcher.submit(rows(4, 1), deadline=time.perf_counter() + 5)
+        assert ok["out"].tolist() == [41.0]
+        assert batcher.dropped == 1
+        await batcher.close()
+
+    run(main())
+    assert runner.calls == [1, 1]  # the busy request and the last one: no expired row was computed
+
+
+def test_a_request_whose_client_left_is_dropped_when_its_batch_forms() -> None:
+    runner = FakeRunner(sleep_s=0.1)
+
+    async def main() -> None:
+        batcher = MicroBatcher(runner, max_batch_size=8)
+        busy = asyncio.create_task(batcher.submit(rows(0, 1)))
+        await asyncio.sleep(0.02)
+
+        async def gone() -> bool:
+            return True
+
+        async def here() -> bool:
+            return False
+
+        left = asyncio.create_task(batcher.submit(rows(1, 2), disconnected=gone))
+        stayed = asyncio.create_task(batcher.submit(rows(3, 1), disconnected=here))
+        await busy
+        with pytest.raises(ClientGone):
+            await left
+        assert (await stayed)["out"].tolist() == [31.0]
+        await batcher.close()
+
+    run(main())
+    assert runner.calls == [1, 1]
