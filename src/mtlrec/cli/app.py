@@ -7,11 +7,12 @@ from typing import Annotated
 import typer
 
 from mtlrec import __version__
-from mtlrec.cli import data, models
+from mtlrec.cli import data, deploy, models
 from mtlrec.cli.export import export_cmd, repo_app
 from mtlrec.cli.loadtest import bench_app, loadtest_cmd
 from mtlrec.cli.predict import predict_cmd
 from mtlrec.cli.score import score_cmd
+from mtlrec.cli.search import search_cmd
 from mtlrec.cli.serve import serve_cmd
 from mtlrec.cli.train import evaluate_cmd, train_cmd
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(models.app, name="models")
+app.command("search")(search_cmd)
 app.command("train")(train_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("export")(export_cmd)
@@ -33,6 +35,7 @@ app.command("predict")(predict_cmd)
 app.command("serve")(serve_cmd)
 app.command("loadtest")(loadtest_cmd)
 app.add_typer(bench_app, name="bench")
+app.add_typer(deploy.app, name="deploy")
 
 
 def _version(value: bool) -> None:

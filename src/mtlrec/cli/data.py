@@ -37,6 +37,15 @@ def prepare_cmd(
     ] = None,
     seed: Annotated[int, typer.Option(help="seeds splitting and generation", min=0)] = 0,
     rows: Annotated[int | None, typer.Option(help="cap on rows read per file (or generated)", min=1)] = None,
+    shard_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--shard-rows",
+            min=1,
+            help="write each split as Parquet shards of at most N rows (synthetic is then generated and encoded "
+            "chunk by chunk, never all in memory)",
+        ),
+    ] = None,
 ) -> None:
     """Load DATASET from its upstream files, fit the preprocessor on train only, write train/val/test Parquet."""
     from mtlrec.data.loaders import get_dataset
@@ -51,7 +60,7 @@ def prepare_cmd(
                 f"dataset `{dataset}` needs --source", hint=loader.info.source_hint or "pass the upstream folder"
             )
         with err_console.status(f"preparing {dataset} ..."):
-            result = prepare(dataset, source, out, seed=seed, rows=rows)
+            result = prepare(dataset, source, out, seed=seed, rows=rows, shard_rows=shard_rows)
     schema = result.schema
     table = Table(title=f"{dataset} -> {out}")
     table.add_column("split")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -78,9 +79,48 @@ def train_cmd(
     tasks: Annotated[
         str | None, typer.Option(help="override model.tasks: comma-separated tasks to learn (msl needs one)")
     ] = None,
+    arch: Annotated[
+        Path | None,
+        typer.Option("--arch", help="an AutoMTL architecture file (`mtlrec search --out`); implies --model automtl"),
+    ] = None,
+    init_from_supernet: Annotated[
+        bool,
+        typer.Option(
+            "--init-from-supernet",
+            help="with --arch: start from the weights the search inherited from its supernet "
+            "(ARCH's .supernet.safetensors) instead of a random initialisation",
+        ),
+    ] = False,
+    streaming: Annotated[
+        bool | None,
+        typer.Option(
+            "--streaming/--in-memory",
+            help="read the splits shard by shard in bounded memory, or load them; default: stream a split "
+            "larger than --memory-budget-mb",
+        ),
+    ] = None,
+    memory_budget_mb: Annotated[
+        float | None,
+        typer.Option(
+            "--memory-budget-mb", min=1, help="memory a split may take before it is streamed (default: 1/4 of RAM)"
+        ),
+    ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="train with DDP in N local processes (torch's launcher; gloo on CPU, NCCL on GPU). On a cluster "
+            "run `torchrun ... -m mtlrec.train` instead",
+        ),
+    ] = 1,
+    dist_backend: Annotated[
+        str | None, typer.Option("--dist-backend", help="gloo or nccl (default: nccl with CUDA, else gloo)")
+    ] = None,
 ) -> None:
     """Train a model on a prepared data directory; select the epoch on the validation split; write RUN_DIR."""
     from mtlrec.data.dataset import open_prepared
+    from mtlrec.errors import ConfigError
     from mtlrec.train.config import load_run_config
     from mtlrec.train.loop import train
 
@@ -93,15 +133,56 @@ def train_cmd(
         "num_threads": threads,
     }
     with user_errors():
-        model_overrides = {"track": track, "tasks": tasks.split(",") if tasks else None}
+        model_overrides: dict[str, Any] = {"track": track, "tasks": tasks.split(",") if tasks else None}
+        if init_from_supernet and arch is None:
+            raise ConfigError("--init-from-supernet needs --arch", hint="pass the architecture file of the search")
+        architecture = None
+        if arch is not None:
+            from mtlrec.nas.architecture import Architecture
+
+            if model not in (None, "automtl"):
+                raise ConfigError(f"--arch describes an automtl network, but --model is `{model}`")
+            model = "automtl"
+            architecture = Architecture.load(arch)
+            model_overrides["architecture"] = architecture.model_dump(mode="json")
+            model_overrides["embed_dim"] = architecture.embed_dim
         run_config = load_run_config(config, model, overrides, model_overrides)
         prepared = open_prepared(data)
+        init_weights = None
+        if arch is not None and architecture is not None:
+            from mtlrec.nas.search import supernet_weights
+
+            if architecture.schema_hash not in (None, prepared.schema.hash()):
+                raise ConfigError(
+                    f"{arch} was searched on data with schema {architecture.schema_hash}, but {data} has schema "
+                    f"{prepared.schema.hash()}",
+                    hint="train on the data directory the architecture was searched on, or search again",
+                )
+            if init_from_supernet:
+                init_weights = supernet_weights(arch, architecture)
         err_console.print(
             f"training [bold]{run_config.model_name}[/] on {data} "
-            f"({prepared.info.get('rows', {}).get('train', '?'):,} train rows)",
+            f"({prepared.info.get('rows', {}).get('train', '?'):,} train rows)"
+            + (f", from {init_weights.name}" if init_weights is not None else ""),
             highlight=False,
         )
-        result = train(prepared, run_config, out, progress=RichProgress())
+        options: dict[str, Any] = {"init_weights": init_weights, "streaming": streaming, "dist_backend": dist_backend}
+        if memory_budget_mb is not None:
+            options["memory_budget"] = int(memory_budget_mb * 2**20)
+        from mtlrec.train.distributed import launched_world_size
+
+        if nproc > 1 and launched_world_size() > 1:
+            raise ConfigError("--nproc is for a local launch; this process was already launched by torchrun")
+        if nproc > 1:
+            from mtlrec.train.loop import train_distributed
+
+            err_console.print(f"launching {nproc} processes (DistributedDataParallel)", highlight=False)
+            result = train_distributed(data, run_config, out, nproc, log=True, **options)
+        else:
+            rank0 = int(os.environ.get("RANK", "0")) == 0  # under torchrun, only rank 0 draws and reports
+            result = train(prepared, run_config, out, progress=RichProgress() if rank0 else None, **options)
+            if not rank0:
+                return
     console.print(metrics_table(result.val_metrics, f"validation, best epoch {result.best_epoch}"))
     console.print(f"run written to {result.run_dir}  ({result.samples_per_s:,.0f} rows/s)", highlight=False)
 

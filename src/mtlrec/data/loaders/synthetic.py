@@ -509,15 +509,63 @@ class Synthetic(DatasetLoader):
                 hint=f"pass --rows {MIN_ROWS} or more (1000+ is useful)",
             )
         frame = generate_impressions(n, seed, config)
-        perm = np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(3,))).permutation(n)
-        n_train = round(n * SPLIT_FRACTIONS["train"])
-        n_val = round(n * SPLIT_FRACTIONS["val"])
-        bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+        perm = _split_permutation(n, seed)
+        bounds = _split_bounds(n)
         splits = {name: frame.take(perm[a:b]).reset_index(drop=True) for name, (a, b) in bounds.items()}
-        notes = {
-            "generator": "mtlrec.data.loaders.synthetic.generate_impressions",
-            "rows": str(n),
-            "config": config.model_dump_json(),
-            "split": f"80/10/10 by a permutation seeded with {seed}",
-        }
-        return RawDataset(schema=synthetic_schema(config), splits=splits, notes=notes)
+        return RawDataset(schema=synthetic_schema(config), splits=splits, notes=_notes(n, seed, config))
+
+    # ------------------------------------------------------------------------ chunked (``prepare --shard-rows``)
+    def chunked_schema(self, source: Path | None) -> FeatureSchema:
+        """The schema of the generated frames for the settings in ``source`` (defaults when None)."""
+        return synthetic_schema(load_yaml(source, SyntheticConfig) if source is not None else None)
+
+    def iter_split_chunks(
+        self, source: Path | None, *, seed: int, rows: int | None, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    ) -> Iterator[dict[str, pd.DataFrame]]:
+        """The rows of :meth:`load`, generated ``chunk_rows`` at a time, each chunk divided into its split frames.
+
+        Every split holds exactly the rows it holds with :meth:`load` (the same seeded permutation decides), in
+        generation order instead of permuted order; only the rows of one chunk and one byte per row (the split of
+        each row) are in memory at once.
+        """
+        config = load_yaml(source, SyntheticConfig) if source is not None else SyntheticConfig()
+        n = DEFAULT_ROWS if rows is None else rows
+        if n < MIN_ROWS:
+            raise DataError(f"synthetic: {n} rows are too few to split 80/10/10", hint=f"pass --rows {MIN_ROWS}+")
+        # [n] uint8 split of every row: 0 train, 1 val, 2 test (the positions of the row in the permutation).
+        membership = np.empty(n, dtype=np.uint8)
+        perm = _split_permutation(n, seed)
+        for code, (a, b) in enumerate(_split_bounds(n).values()):
+            membership[perm[a:b]] = code
+        del perm
+        start = 0
+        for chunk in iter_impression_chunks(n, seed, config, chunk_rows):
+            codes = membership[start : start + len(chunk)]
+            start += len(chunk)
+            yield {name: chunk[codes == code].reset_index(drop=True) for code, name in enumerate(SPLIT_FRACTIONS)}
+
+    def chunked_notes(self, source: Path | None, *, seed: int, rows: int | None) -> dict[str, str]:
+        """What ``dataset.json`` records about a chunked generation."""
+        config = load_yaml(source, SyntheticConfig) if source is not None else SyntheticConfig()
+        return _notes(DEFAULT_ROWS if rows is None else rows, seed, config) | {"order": "generation order"}
+
+
+def _split_permutation(n: int, seed: int) -> np.ndarray:
+    """The seeded permutation that assigns rows to splits."""
+    return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(3,))).permutation(n)
+
+
+def _split_bounds(n: int) -> dict[str, tuple[int, int]]:
+    """``[a, b)`` of each split in the permutation: 80/10/10."""
+    n_train = round(n * SPLIT_FRACTIONS["train"])
+    n_val = round(n * SPLIT_FRACTIONS["val"])
+    return {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+
+
+def _notes(n: int, seed: int, config: SyntheticConfig) -> dict[str, str]:
+    return {
+        "generator": "mtlrec.data.loaders.synthetic.generate_impressions",
+        "rows": str(n),
+        "config": config.model_dump_json(),
+        "split": f"80/10/10 by a permutation seeded with {seed}",
+    }

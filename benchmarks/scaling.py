@@ -1,0 +1,249 @@
+"""Scaling benchmarks: training in memory vs streamed, DDP with 1 and 2 processes, scoring local vs Ray.
+
+Every measurement runs in a fresh subprocess (``python benchmarks/scaling.py _run KIND ...``) so that its peak RSS
+(``ru_maxrss`` of that process; for DDP and Ray, of the launching process plus, where said, its children) belongs
+to it alone. Data is the ``synthetic`` generator, prepared with ``--shard-rows`` (streamed, never all in memory).
+
+    python benchmarks/scaling.py --rows 1000000 --epochs 1 --out benchmarks/results/scaling
+
+writes ``scaling.json`` (every figure, the host, the command) and ``scaling.md`` + ``scaling.png`` beside it.
+On this project's 2-core machine the DDP figures show correctness and overhead, not a speed-up: two processes
+share the same two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODEL = {"embed_dim": 8, "num_experts": 4, "expert": {"hidden": [64]}, "tower": {"hidden": [32]}}
+
+
+def _peak_rss_mb(children: bool = False) -> float:
+    """Peak RSS of this process (or of its reaped children) in MiB (Linux reports KiB)."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def _config(epochs: int, batch_size: int) -> Any:
+    from mtlrec.train.config import build_run_config
+
+    train = {"epochs": epochs, "batch_size": batch_size, "early_stopping": None, "num_threads": 2}
+    return build_run_config("mmoe", {"model": MODEL, "train": train})
+
+
+def run_train(data: Path, mode: str, epochs: int, batch_size: int, nproc: int) -> dict[str, Any]:
+    """Train once; samples/s over the training steps (evaluation excluded), peak RSS."""
+    from mtlrec.train.loop import train, train_distributed
+
+    config = _config(epochs, batch_size)
+    start = time.perf_counter()
+    if nproc > 1:
+        out = data.parent / f"run-ddp{nproc}"
+        cfg = config.model_copy(update={"train": config.train.model_copy(update={"num_threads": 1})})
+        result = train_distributed(data, cfg, out, nproc, streaming=mode == "streaming")
+    else:
+        result = train(data, config, streaming=mode == "streaming")
+    wall = time.perf_counter() - start
+    return {
+        "samples_per_s": result.samples_per_s,
+        "wall_s": wall,
+        "rows_per_epoch": result.history[0]["rows"],
+        "val_auc_ctr": result.val_metrics["tasks"]["ctr"]["auc"],
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_children_mb": _peak_rss_mb(children=True),
+    }
+
+
+def run_score(raw: Path, repo: Path, engine: str, out: Path, workers: int) -> dict[str, Any]:
+    """Score a raw Parquet folder (local: file by file) once; rows/s and peak RSS."""
+    start = time.perf_counter()
+    if engine == "ray":
+        from mtlrec.scoring.ray_engine import score_with_ray
+
+        result = score_with_ray(raw, repo, "mmoe", out, num_workers=workers, threads=1)
+        rows = result.rows
+    else:
+        from mtlrec.serving.score import score_file
+
+        rows = 0
+        out.mkdir(parents=True, exist_ok=True)
+        for part in sorted(raw.glob("*.parquet")):
+            rows += score_file(part, repo, "mmoe", out / part.name, threads=2).rows
+    seconds = time.perf_counter() - start
+    return {
+        "rows": rows,
+        "rows_per_s": rows / seconds,
+        "wall_s": seconds,
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_children_mb": _peak_rss_mb(children=True),
+    }
+
+
+def _sub(*args: str) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; its last stdout line is the JSON result."""
+    command = [sys.executable, __file__, "_run", *args]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    """Prepare, measure, write the results."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="training dataset sizes")
+    parser.add_argument("--score-rows", type=int, nargs="+", default=[1_000_000], help="scoring input sizes")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--shard-rows", type=int, default=250_000)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/mtlrec-scaling"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/scaling"))
+    parser.add_argument("--skip-ddp", action="store_true")
+    parser.add_argument("--skip-ray", action="store_true")
+    args = parser.parse_args()
+
+    from mtlrec.data.prepare import prepare
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "command": "python benchmarks/scaling.py " + shlex.join(sys.argv[1:]),
+        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "model": {"name": "mmoe", **MODEL},
+        "train": [],
+        "ddp": [],
+        "score": [],
+    }
+    for rows in args.rows:
+        data = args.workdir / f"data-{rows}"
+        start = time.perf_counter()
+        prepare("synthetic", None, data, rows=rows, shard_rows=args.shard_rows)
+        prepare_s = time.perf_counter() - start
+        for mode in ("in-memory", "streaming"):
+            measured = _sub("train", str(data), mode, str(args.epochs), str(args.batch_size), "1")
+            results["train"].append({"rows": rows, "mode": mode, "prepare_s": prepare_s, **measured})
+            print(json.dumps(results["train"][-1]), flush=True)
+        if not args.skip_ddp and rows == args.rows[0]:
+            for nproc in (1, 2):
+                measured = _sub("train", str(data), "in-memory", str(args.epochs), str(args.batch_size), str(nproc))
+                results["ddp"].append({"rows": rows, "nproc": nproc, **measured})
+                print(json.dumps(results["ddp"][-1]), flush=True)
+    # A tiny exported model for scoring (its throughput is dominated by the transform, not the model).
+    repo = args.workdir / "repo"
+    if not repo.is_dir():
+        from mtlrec.export.api import ExportOptions, export_run
+        from mtlrec.train.loop import train
+
+        small = args.workdir / "data-score"
+        prepare("synthetic", None, small, rows=50_000)
+        train(small, _config(1, 1024), args.workdir / "run")
+        export_run(args.workdir / "run", repo, ExportOptions(format="onnx"))
+    for rows in args.score_rows:
+        raw = args.workdir / f"raw-{rows}"
+        if not raw.is_dir():
+            from mtlrec.data.loaders.synthetic import iter_impression_chunks
+
+            raw.mkdir()
+            for i, chunk in enumerate(iter_impression_chunks(rows, seed=11, chunk_rows=250_000)):
+                chunk.drop(columns=["click", "conversion"]).to_parquet(raw / f"part-{i:03d}.parquet")
+        for engine in ("local", *(() if args.skip_ray else ("ray",))):
+            measured = _sub("score", str(raw), str(repo), engine, str(args.workdir / f"scores-{engine}"), "2")
+            results["score"].append({"rows": rows, "engine": engine, **measured})
+            print(json.dumps(results["score"][-1]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    write_report(results, args.out)
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    """``scaling.md`` (tables) and ``scaling.png`` (throughput and peak RSS per configuration)."""
+    lines = [
+        "# Scaling benchmarks",
+        "",
+        f"Command: `{results['command']}`  ",
+        f"Host: {results['host']['cpus']} CPUs ({results['host']['machine']}), Python {results['host']['python']}; "
+        "model: MMoE (embed 8, 4 experts of 64, towers of 32). Figures from `scaling.json`.",
+        "",
+        "## Training (1 process, 2 threads)",
+        "",
+        "| rows | mode | samples/s | peak RSS (MiB) | val AUC ctr |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for r in results["train"]:
+        lines.append(
+            f"| {r['rows']:,} | {r['mode']} | {r['samples_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} "
+            f"| {r['val_auc_ctr']:.4f} |"
+        )
+    if results["ddp"]:
+        lines += [
+            "",
+            "## DDP (gloo, CPU): correctness and overhead on a 2-core machine",
+            "",
+            "Two processes share the same 2 cores (1 thread each), so no speed-up is expected here; samples/s is the",
+            "global rate (rows of all ranks over rank 0's training time); the 1-process row uses 2 threads.",
+            "",
+            "| rows | processes | samples/s | wall s (incl. start-up) | launcher peak RSS (MiB) | val AUC ctr |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in results["ddp"]:
+            lines.append(
+                f"| {r['rows']:,} | {r['nproc']} | {r['samples_per_s']:,.0f} | {r['wall_s']:.1f} "
+                f"| {r['peak_rss_mb']:,.0f} | {r['val_auc_ctr']:.4f} |"
+            )
+    lines += [
+        "",
+        "## Batch scoring (Parquet in, Parquet out)",
+        "",
+        "Local: `score_file` per input file, 2 intra-op threads. Ray: `score --engine ray`, 2 actors of 1 CPU plus",
+        "one CPU for reading (Ray start-up included). Peak RSS is the driver's; Ray's workers are other processes.",
+        "",
+        "| rows | engine | rows/s | wall s | driver peak RSS (MiB) |",
+        "|---:|---|---:|---:|---:|",
+    ]
+    for r in results["score"]:
+        lines.append(
+            f"| {r['rows']:,} | {r['engine']} | {r['rows_per_s']:,.0f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:,.0f} |"
+        )
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    labels = [f"{r['rows'] // 1000}k {r['mode']}" for r in results["train"]]
+    labels += [f"{r['rows'] // 1000}k ddp×{r['nproc']}" for r in results["ddp"]]
+    labels += [f"score {r['rows'] // 1000}k {r['engine']}" for r in results["score"]]
+    rates = [r["samples_per_s"] for r in results["train"] + results["ddp"]] + [
+        r["rows_per_s"] for r in results["score"]
+    ]
+    rss = [r["peak_rss_mb"] for r in results["train"] + results["ddp"] + results["score"]]
+    axes[0].barh(labels, rates)
+    axes[0].set_xlabel("rows / s")
+    axes[1].barh(labels, rss, color="tab:orange")
+    axes[1].set_xlabel("peak RSS (MiB)")
+    axes[1].set_yticklabels([])
+    fig.suptitle("mtlrec scaling (synthetic data, 2-core CPU)")
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "_run":
+        kind, rest = sys.argv[2], sys.argv[3:]
+        if kind == "train":
+            answer = run_train(Path(rest[0]), rest[1], int(rest[2]), int(rest[3]), int(rest[4]))
+        else:
+            answer = run_score(Path(rest[0]), Path(rest[1]), rest[2], Path(rest[3]), int(rest[4]))
+        print(json.dumps(answer))
+    else:
+        main()

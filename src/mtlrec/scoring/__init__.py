@@ -1,0 +1,1 @@
+"""Batch-scoring engines beyond one process (the local engine lives in :mod:`mtlrec.serving.score`)."""
