@@ -33,7 +33,7 @@ from pydantic import Field
 
 from mtlrec.config import StrictModel
 from mtlrec.errors import DataError, SchemaError
-from mtlrec.schema import FIRST_VALUE_ID, MISSING_ID, OOV_ID, DenseField, FeatureSchema
+from mtlrec.schema import FIRST_VALUE_ID, MISSING_ID, OOV_ID, DenseField, FeatureSchema, SparseField
 
 PREPROCESSOR_VERSION = 1
 
@@ -259,6 +259,7 @@ class Preprocessor:
                 center, scale = 0.0, 1.0
             dense_stats[dspec.name] = DenseStats(fill_value=fill, center=center, scale=scale if scale > 0 else 1.0)
         scenario = schema.scenario
+        found: tuple[str, ...] = ()
         if scenario is not None:
             values = _category_strings(train[scenario.name])
             if bool(values.isna().any()):
@@ -268,18 +269,7 @@ class Preprocessor:
                     hint="every row needs a scenario; drop or fill those rows",
                 )
             found = tuple(sorted(values.unique().tolist()))
-            if scenario.values is not None:
-                unknown = sorted(set(found) - set(scenario.values))
-                if unknown:
-                    raise DataError(
-                        f"scenario column `{scenario.name}` has values not declared in the schema: {unknown[:5]}",
-                        hint=f"declared values are {list(scenario.values)}",
-                    )
-                found = scenario.values
-            scenario = scenario.model_copy(update={"values": found})
-        fitted = FeatureSchema.model_validate(
-            schema.model_copy(update={"sparse": tuple(sparse_fields), "scenario": scenario}).model_dump()
-        )
+        fitted = fitted_schema(schema, sparse_fields, found)
         state = PreprocessorState(schema=fitted, vocabularies=vocabularies, dense_stats=dense_stats)
         return cls(state)
 
@@ -392,3 +382,26 @@ class Preprocessor:
             "vocab_sizes": {f.name: f.vocab_size for f in self.schema.sparse},
             "dense": {k: v.model_dump() for k, v in self.state.dense_stats.items()},
         }
+
+
+def fitted_schema(schema: FeatureSchema, sparse_fields: list[SparseField], scenarios: tuple[str, ...]) -> FeatureSchema:
+    """The schema completed by a fit: vocabulary sizes, and the scenario values (those declared, else those found).
+
+    Shared by the in-memory fit and the streaming (sharded) fit; a found scenario the schema does not declare is
+    refused, naming it.
+    """
+    scenario = schema.scenario
+    if scenario is not None:
+        found = scenarios
+        if scenario.values is not None:
+            unknown = sorted(set(found) - set(scenario.values))
+            if unknown:
+                raise DataError(
+                    f"scenario column `{scenario.name}` has values not declared in the schema: {unknown[:5]}",
+                    hint=f"declared values are {list(scenario.values)}",
+                )
+            found = scenario.values
+        scenario = scenario.model_copy(update={"values": found})
+    return FeatureSchema.model_validate(
+        schema.model_copy(update={"sparse": tuple(sparse_fields), "scenario": scenario}).model_dump()
+    )

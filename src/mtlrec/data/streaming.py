@@ -47,6 +47,7 @@ from mtlrec.data.preprocess import (
     _category_strings,
     _numeric,
     _transform_dense,
+    fitted_schema,
 )
 from mtlrec.errors import DataError
 from mtlrec.schema import FIRST_VALUE_ID, FeatureSchema
@@ -315,21 +316,7 @@ class StreamingFit:
             else:
                 center, scale = 0.0, 1.0
             dense_stats[dspec.name] = DenseStats(fill_value=fill, center=center, scale=scale if scale > 0 else 1.0)
-        scenario = schema.scenario
-        if scenario is not None:
-            found = tuple(sorted(self._scenarios))
-            if scenario.values is not None:
-                unknown = sorted(set(found) - set(scenario.values))
-                if unknown:
-                    raise DataError(
-                        f"scenario column `{scenario.name}` has values not declared in the schema: {unknown[:5]}",
-                        hint=f"declared values are {list(scenario.values)}",
-                    )
-                found = scenario.values
-            scenario = scenario.model_copy(update={"values": found})
-        fitted = FeatureSchema.model_validate(
-            schema.model_copy(update={"sparse": tuple(sparse_fields), "scenario": scenario}).model_dump()
-        )
+        fitted = fitted_schema(schema, sparse_fields, tuple(sorted(self._scenarios)))
         return Preprocessor(PreprocessorState(schema=fitted, vocabularies=vocabularies, dense_stats=dense_stats))
 
 
