@@ -19,9 +19,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +121,29 @@ def _is_missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
+def category_text(value: Any) -> Any:
+    """A categorical value of a record as the text the transform compares (12, 12.0 and "12" -> "12"; None and
+    NaN -> None); anything else is written with ``str``.
+
+    Records are written out value by value because a column mixing integers and None would be read as floats
+    ("12.0"). Leading and trailing spaces are stripped later, by the transform, as for any column.
+
+    Example:
+        >>> [category_text(v) for v in (12, 12.0, "12", True, None, float("nan"), 1.5)]
+        ['12', '12', '12', '1', None, None, '1.5']
+    """
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if value.is_integer() and abs(value) < 2.0**63:
+            return str(int(value))
+    return str(value)
+
+
 def _vocabulary_array(values: list[str] | tuple[str, ...]) -> pa.Array:
     return pa.array(list(values), type=pa.large_string())
 
@@ -172,6 +198,25 @@ def _category_codes(values: pd.Series, index: dict[str, int], vocabulary: pa.Arr
             return codes, np.fromiter((t is None for t in texts), bool, len(texts))
     strings = _category_strings(values)
     return _lookup(strings, vocabulary), strings.isna().to_numpy()
+
+
+def _record_codes(values: list[Any], index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_category_codes` of one field's raw record values (str, int or None): int64 [N], bool [N].
+
+    One C-level dict lookup per value; only the values it misses (integers, unseen or padded strings, missing
+    values) go through :func:`category_text` and the strip, so the rules are those of a frame column.
+    """
+    codes = list(map(index.get, values, repeat(-1)))
+    missing = [False] * len(values)
+    for i, code in enumerate(codes):
+        if code == -1:
+            text = category_text(values[i])
+            text = text.strip() if text is not None else ""
+            if text:
+                codes[i] = index.get(text, -1)
+            else:
+                missing[i] = True
+    return np.array(codes, dtype=np.int64), np.array(missing, dtype=bool)
 
 
 def _numeric(values: pd.Series, column: str) -> np.ndarray:
@@ -290,30 +335,20 @@ class Preprocessor:
                 hint=f"every row needs the fields {', '.join(schema.feature_names)}",
             )
         n = len(frame)
-        # [N, F] int64 vocabulary ids
-        sparse = np.empty((n, len(schema.sparse)), dtype=np.int64)
-        oov_counts: dict[str, int] = {}
-        for j, spec in enumerate(schema.sparse):
-            codes, is_missing = _category_codes(
-                frame[spec.name], self._indexes[spec.name], self._vocabularies[spec.name]
-            )
-            ids = np.where(codes >= 0, codes + FIRST_VALUE_ID, OOV_ID)
-            if spec.missing == "own_id":
-                ids[is_missing] = MISSING_ID
-            oov_counts[spec.name] = int(((codes < 0) & ~is_missing).sum())
-            sparse[:, j] = ids
-        # [N, D] float32 normalised values
-        dense = np.empty((n, len(schema.dense)), dtype=np.float32)
+        codes = [
+            _category_codes(frame[spec.name], self._indexes[spec.name], self._vocabularies[spec.name])
+            for spec in schema.sparse
+        ]
+        raw = np.empty((n, len(schema.dense)), dtype=np.float64)  # [N, D] raw numbers, NaN = missing
         for j, dspec in enumerate(schema.dense):
-            stats = self.state.dense_stats[dspec.name]
-            raw = _numeric(frame[dspec.name], dspec.name)
-            raw = np.where(np.isnan(raw), stats.fill_value, raw)
-            with np.errstate(over="ignore", invalid="ignore"):
-                values = (_transform_dense(raw, dspec) - stats.center) / stats.scale
-            if dspec.clip is not None:
-                values = np.clip(values, -dspec.clip, dspec.clip)
-            dense[:, j] = np.nan_to_num(values, nan=0.0, posinf=dspec.clip or 0.0, neginf=-(dspec.clip or 0.0))
-        scenario_ids = self._encode_scenario(frame) if schema.scenario is not None else None
+            raw[:, j] = _numeric(frame[dspec.name], dspec.name)
+        scenario_ids = None
+        if schema.scenario is not None:
+            assert self._scenarios is not None
+            column = frame[schema.scenario.name]
+            scenario_codes, _ = _category_codes(column, self._scenario_index, self._scenarios)
+            scenario_ids = self._scenario_ids(scenario_codes, column.iloc)
+        sparse, oov_counts = self._sparse_ids(codes, n)
         label_columns = [t.label_column for t in schema.tasks]
         if with_labels is None:
             with_labels = all(c in frame.columns for c in label_columns)
@@ -321,16 +356,95 @@ class Preprocessor:
         row_ids = None
         if schema.id_column is not None and schema.id_column in frame.columns:
             row_ids = frame[schema.id_column].to_numpy()
-        return EncodedFrame(sparse, dense, scenario_ids, labels, row_ids, oov_counts)
+        return EncodedFrame(sparse, self._normalize_dense(raw), scenario_ids, labels, row_ids, oov_counts)
 
-    def _encode_scenario(self, frame: pd.DataFrame) -> np.ndarray:
+    def transform_records(
+        self, records: Sequence[Mapping[str, Any]], keys: Mapping[str, str] | None = None
+    ) -> EncodedFrame:
+        """Encode raw records (one mapping per row, a missing key = a missing value) without building a frame.
+
+        The result equals ``transform(records_to_frame(records))`` exactly (the same rules, and the same
+        :meth:`_sparse_ids` and :meth:`_normalize_dense`; ``tests/unit/data/test_preprocess.py`` compares them on
+        generated records), at a few microseconds per record instead of the ~100 us fixed cost of each pandas column
+        operation: the online server's path. No labels, no row ids.
+
+        Args:
+            records: raw values keyed by field name (or by ``keys[field]``).
+            keys: the key of each field in the records where it is not the field's name (the validated records of
+                :func:`~mtlrec.serving.schemas.build_request_model` keep their values under positional names).
+        """
+        schema = self.schema
+        n = len(records)
+
+        def column(name: str) -> list[Any]:
+            key = keys.get(name, name) if keys is not None else name
+            return [r.get(key) for r in records]
+
+        codes = [_record_codes(column(spec.name), self._indexes[spec.name]) for spec in schema.sparse]
+        raw = np.empty((n, len(schema.dense)), dtype=np.float64)  # [N, D] raw numbers, NaN = missing
+        for j, dspec in enumerate(schema.dense):
+            values = column(dspec.name)
+            if all(v is None or type(v) is float or type(v) is int for v in values):
+                raw[:, j] = np.array(values, dtype=np.float64)  # None -> NaN
+            else:  # text, booleans, other number types: the frame path's parsing and errors
+                raw[:, j] = _numeric(pd.Series(values, dtype=object), dspec.name)
+        scenario_ids = None
+        if schema.scenario is not None:
+            texts = [category_text(v) for v in column(schema.scenario.name)]
+            scenario_codes, _ = _record_codes(texts, self._scenario_index)
+            scenario_ids = self._scenario_ids(scenario_codes, texts)
+        sparse, oov_counts = self._sparse_ids(codes, n)
+        return EncodedFrame(sparse, self._normalize_dense(raw), scenario_ids, {}, None, oov_counts)
+
+    def _sparse_ids(self, codes: list[tuple[np.ndarray, np.ndarray]], n: int) -> tuple[np.ndarray, dict[str, int]]:
+        """Vocabulary codes (-1 = unknown or missing) and missing masks per field -> ids [N, F] and OOV counts."""
+        sparse = np.empty((n, len(self.schema.sparse)), dtype=np.int64)  # [N, F]
+        oov_counts: dict[str, int] = {}
+        for j, (spec, (field_codes, is_missing)) in enumerate(zip(self.schema.sparse, codes, strict=True)):
+            ids = np.where(field_codes >= 0, field_codes + FIRST_VALUE_ID, OOV_ID)
+            if spec.missing == "own_id":
+                ids[is_missing] = MISSING_ID
+            oov_counts[spec.name] = int(((field_codes < 0) & ~is_missing).sum())
+            sparse[:, j] = ids
+        return sparse, oov_counts
+
+    def _normalize_dense(self, raw: np.ndarray) -> np.ndarray:
+        """Raw numbers [N, D] float64 (NaN = missing) -> normalised float32 [N, D]: fill, log1p, centre and scale,
+        clip, and non-finite results to 0 (or to the clip), all fields at once."""
+        fill, center, scale, log_columns, clip, bound = self._dense_vectors
+        values = np.where(np.isnan(raw), fill, raw)  # [N, D]
+        with np.errstate(over="ignore", invalid="ignore"):
+            if log_columns.size:
+                logged = values[:, log_columns]
+                values[:, log_columns] = np.sign(logged) * np.log1p(np.abs(logged))
+            values = np.clip((values - center) / scale, -clip, clip)  # an unclipped field has clip = inf
+        values = np.where(np.isnan(values), 0.0, values)
+        values = np.where(np.isposinf(values), bound, np.where(np.isneginf(values), -bound, values))
+        out: np.ndarray = values.astype(np.float32)
+        return out
+
+    @functools.cached_property
+    def _dense_vectors(self) -> tuple[np.ndarray, ...]:
+        """Per dense field [D]: fill value, centre, scale, the log1p fields' indices, clip (inf = none) and the value
+        an infinity becomes (the clip, else 0)."""
+        fields = self.schema.dense
+        stats = [self.state.dense_stats[f.name] for f in fields]
+        fill = np.array([s.fill_value for s in stats], dtype=np.float64)
+        center = np.array([s.center for s in stats], dtype=np.float64)
+        scale = np.array([s.scale for s in stats], dtype=np.float64)
+        log_columns = np.array([j for j, f in enumerate(fields) if f.normalization == "log1p"], dtype=np.int64)
+        clip = np.array([f.clip if f.clip is not None else np.inf for f in fields], dtype=np.float64)
+        bound = np.array([f.clip or 0.0 for f in fields], dtype=np.float64)
+        return fill, center, scale, log_columns, clip, bound
+
+    def _scenario_ids(self, codes: np.ndarray, values: Any) -> np.ndarray:
+        """Scenario codes -> ids [N]; an unknown (or missing) scenario is a :class:`DataError` naming the row."""
         scenario = self.schema.scenario
-        assert scenario is not None and self._scenarios is not None
-        codes, _ = _category_codes(frame[scenario.name], self._scenario_index, self._scenarios)
+        assert scenario is not None
         if bool((codes < 0).any()):
             row = int(np.flatnonzero(codes < 0)[0])
             raise DataError(
-                f"scenario `{scenario.name}` has an unknown value {frame[scenario.name].iloc[row]!r} at row {row}",
+                f"scenario `{scenario.name}` has an unknown value {values[row]!r} at row {row}",
                 hint=f"known scenarios are {list(scenario.values or ())}",
             )
         scenario_ids: np.ndarray = codes.astype(np.int64)

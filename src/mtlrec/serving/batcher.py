@@ -3,9 +3,15 @@
 Each request is validated and encoded on its own (a bad request never reaches a batch), then its tensors are
 submitted with :meth:`MicroBatcher.submit`. A worker task collects pending requests until ``max_batch_size`` rows
 are waiting or ``max_delay_ms`` has passed since the oldest one arrived, concatenates their tensors along the batch
-axis, runs the runner once in a dedicated worker thread (the event loop keeps accepting requests meanwhile) and
-hands every request its own rows back, in order. A request larger than ``max_batch_size`` rows runs alone. When a
-runner call fails, only the requests of that batch get the error; the worker goes on with the next batch.
+axis, runs the runner once and hands every request its own rows back, in order. A batch of up to ``inline_rows``
+rows runs on the event loop itself: for a small model the call takes tens of microseconds, and a hop to a worker
+thread (queue, wake-up, GIL hand-over, loop wake-up) costs more than that in CPU and latency. A larger batch runs in a
+dedicated worker thread, so that the event loop keeps reading requests while the runtime computes (with the GIL
+released). After each batch the worker lets the event loop run twice before it forms the next one: the first pass
+reads the sockets that became readable during the call, the second runs the handlers they started up to their
+submit, so the requests that arrived meanwhile join the next batch instead of trailing behind it. A request larger
+than ``max_batch_size`` rows runs alone. When a runner call fails, only the requests of that batch get the error;
+the worker goes on with the next batch.
 
 Under overload nothing piles up and nothing is computed for nobody:
 
@@ -28,11 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -95,11 +103,11 @@ class _Pending:
     queue_seconds: float = 0.0
     compute_seconds: float = 0.0
     taken: bool = False  # part of a runner call
+    # Names, dtypes and per-row shapes: requests with equal signatures can be concatenated.
+    signature: tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...] = field(init=False)
 
-    @property
-    def signature(self) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
-        """Names, dtypes and per-row shapes: requests with equal signatures can be concatenated."""
-        return tuple(sorted((k, str(v.dtype), tuple(v.shape[1:])) for k, v in self.tensors.items()))
+    def __post_init__(self) -> None:
+        self.signature = tuple(sorted((k, v.dtype, v.shape[1:]) for k, v in self.tensors.items()))
 
 
 def _rows(tensors: dict[str, np.ndarray]) -> int:
@@ -121,6 +129,9 @@ class MicroBatcher:
         on_batch: optional hook called after each runner call with (rows, requests, seconds).
         max_queue: most requests waiting for a runner call (the one in flight not counted); past it
             :meth:`submit` raises :class:`QueueFull`. None = unbounded.
+        inline_rows: batches of at most this many rows run on the event loop's thread, larger ones in the worker
+            thread; 0 (the default) = always the worker thread. The server derives it from the model's warm-up
+            timings (:func:`inline_rows_for`).
     """
 
     def __init__(
@@ -131,6 +142,7 @@ class MicroBatcher:
         max_delay_ms: float = 0.0,
         on_batch: BatchHook | None = None,
         max_queue: int | None = None,
+        inline_rows: int = 0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -143,6 +155,7 @@ class MicroBatcher:
         self.max_delay = max_delay_ms / 1000.0
         self.on_batch = on_batch
         self.max_queue = max_queue
+        self.inline_rows = max(0, inline_rows)
         self.batches = 0
         self.dropped = 0  # requests answered without a runner call (deadline passed, client gone)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtlrec-runner")
@@ -290,6 +303,8 @@ class MicroBatcher:
                     await self._execute(batch)
                 finally:
                     self._busy = False
+                await asyncio.sleep(0)  # read what arrived during the call ...
+                await asyncio.sleep(0)  # ... and let its handlers reach submit (see the module docstring)
 
     async def _admit(self, batch: list[_Pending]) -> list[_Pending]:
         """Drop the requests nobody waits for any more: cancelled, past their deadline, or whose client left."""
@@ -326,7 +341,10 @@ class MicroBatcher:
         rows = sum(p.rows for p in batch)
         start = time.perf_counter()
         try:
-            outputs = await loop.run_in_executor(self._executor, self.runner.infer, merged)
+            if rows <= self.inline_rows:
+                outputs = self.runner.infer(merged)  # on the event loop: cheaper than the hop for a short call
+            else:
+                outputs = await loop.run_in_executor(self._executor, self.runner.infer, merged)
             for name, value in outputs.items():
                 if value.shape[0] != rows:
                     raise RuntimeError(f"the runner answered {value.shape[0]} rows of `{name}` for {rows}")
@@ -364,3 +382,33 @@ class MicroBatcher:
                 p.future.set_exception(BatcherClosed("the model was unloaded"))
         self._pending.clear()
         self._executor.shutdown(wait=True)
+
+
+def inline_rows_for(timings: dict[int, float], limit_s: float) -> int:
+    """The largest batch expected to run within ``limit_s``, from measured runner times per batch size.
+
+    Linear between measured sizes; 0 when even the smallest measured batch takes longer (always the worker thread);
+    the largest measured size when all of them fit.
+
+    Args:
+        timings: seconds of one runner call per batch size (warm calls).
+        limit_s: the longest call that may run on the event loop.
+
+    Example:
+        >>> inline_rows_for({1: 0.0002, 64: 0.0025, 256: 0.008}, limit_s=0.001)
+        22
+        >>> inline_rows_for({1: 0.00003, 256: 0.0003}, limit_s=0.001), inline_rows_for({1: 0.002}, limit_s=0.001)
+        (256, 0)
+    """
+    points = sorted(timings.items())
+    if not points or limit_s <= 0 or points[0][1] > limit_s:
+        return 0
+    best = points[0][0]
+    for (rows_a, secs_a), (rows_b, secs_b) in itertools.pairwise(points):
+        if secs_b <= limit_s:
+            best = rows_b
+            continue
+        span = max(secs_b - secs_a, 1e-12)
+        best = rows_a + int((limit_s - secs_a) / span * (rows_b - rows_a))
+        break
+    return best

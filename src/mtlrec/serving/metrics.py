@@ -8,11 +8,25 @@ queued, and counters of requests refused (``queue_full``), expired (by stage) an
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 QUEUE_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass(frozen=True)
+class ModelMetrics:
+    """The series of one model that every request or batch updates (children of :class:`ServerMetrics`' metrics)."""
+
+    rows: Counter
+    queue_at_arrival: Histogram
+    queue_wait: Histogram
+    batch_size: Histogram
+    batch_requests: Histogram
+    batch_latency: Histogram
 
 
 class ServerMetrics:
@@ -126,6 +140,17 @@ class ServerMetrics:
         )
         self.inflight = Gauge(
             "mtlrec_inflight_requests", "HTTP requests accepted and not yet answered", registry=self.registry
+        )
+
+    def for_model(self, name: str) -> ModelMetrics:
+        """The per-model series of ``name``, looked up once (a label lookup takes a lock; requests then skip it)."""
+        return ModelMetrics(
+            rows=self.rows.labels(name),
+            queue_at_arrival=self.queue_at_arrival.labels(name),
+            queue_wait=self.queue_wait.labels(name),
+            batch_size=self.batch_size.labels(name),
+            batch_requests=self.batch_requests.labels(name),
+            batch_latency=self.batch_latency.labels(name),
         )
 
     def render(self) -> bytes:

@@ -9,6 +9,7 @@ become exactly the tensors the model was trained on.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mtlrec.data.preprocess import Preprocessor
+from mtlrec.data.preprocess import EncodedFrame, Preprocessor
 from mtlrec.errors import CheckpointError
 from mtlrec.export.spec import ExportSpec
 from mtlrec.schema import DENSE, SCENARIO, SPARSE_IDS, FeatureSchema
@@ -40,7 +41,16 @@ class ServedModel:
 
     def encode(self, frame: pd.DataFrame) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """Raw rows -> the model's input tensors (and OOV counts per field), through the run's transform."""
-        encoded = self.preprocessor.transform(frame, with_labels=False)
+        return self._tensors(self.preprocessor.transform(frame, with_labels=False))
+
+    def encode_records(
+        self, records: Sequence[Mapping[str, Any]], keys: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+        """Raw records -> the model's input tensors and OOV counts, through the run's transform without a frame
+        (:meth:`~mtlrec.data.preprocess.Preprocessor.transform_records`; ``keys`` as there)."""
+        return self._tensors(self.preprocessor.transform_records(records, keys))
+
+    def _tensors(self, encoded: EncodedFrame) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         tensors: dict[str, np.ndarray] = {}
         if SPARSE_IDS in self.spec.input_names:
             tensors[SPARSE_IDS] = encoded.sparse

@@ -94,6 +94,7 @@ class OnnxRuntimeRunner(_Closing):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.spec = spec
         self.session: Any = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.providers: list[str] = list(self.session.get_providers())

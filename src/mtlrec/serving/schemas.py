@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, StrictFloat, WithJsonSchema, create_model
 
+from mtlrec.data.preprocess import category_text
 from mtlrec.schema import FeatureSchema
 
 DEFAULT_MAX_RECORDS = 4096
@@ -75,6 +75,19 @@ def _field_id(index: int) -> str:
     # Schema names may hold `.` and `-` or shadow BaseModel attributes (`schema`, `copy`): the model's attributes
     # are positional and the real names are aliases, so validation, errors and dumps all use the real names.
     return f"f{index}"
+
+
+def record_keys(schema: FeatureSchema) -> dict[str, str]:
+    """Field name -> the attribute under which a record of :func:`build_record_model` keeps its value.
+
+    Example:
+        >>> from mtlrec.schema import DenseField, FeatureSchema, SparseField, TaskSpec
+        >>> record_keys(FeatureSchema(sparse=(SparseField(name="user"),), dense=(DenseField(name="price"),),
+        ...                           tasks=(TaskSpec(name="ctr"),)))
+        {'user': 'f0', 'price': 'f1'}
+    """
+    names = [*schema.sparse_names, *schema.dense_names, *([schema.scenario.name] if schema.scenario else [])]
+    return {name: _field_id(index) for index, name in enumerate(names)}
 
 
 def build_record_model(schema: FeatureSchema) -> type[BaseModel]:
@@ -162,23 +175,6 @@ def _columns_getter(records: list[Any]) -> Any:
     return lambda record, name: record.get(name)
 
 
-def _category_text(value: Any) -> Any:
-    """A categorical value as the text the transform compares (12, 12.0 and "12" -> "12"; None/NaN -> None).
-
-    Written out here because an object column mixing integers and None would be read as floats ("12.0").
-    """
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if value.is_integer() and abs(value) < 2.0**63:
-            return str(int(value))
-    return str(value)
-
-
 def records_to_frame(
     records: BaseModel | Iterable[BaseModel | Mapping[str, Any]], schema: FeatureSchema
 ) -> pd.DataFrame:
@@ -196,7 +192,7 @@ def records_to_frame(
     get = _columns_getter(rows)
     columns: dict[str, Any] = {}
     for name in schema.sparse_names:
-        columns[name] = pd.Series([_category_text(get(r, name)) for r in rows], dtype=object)
+        columns[name] = pd.Series([category_text(get(r, name)) for r in rows], dtype=object)
     for name in schema.dense_names:
         values = [get(r, name) for r in rows]
         try:
@@ -207,7 +203,7 @@ def records_to_frame(
             columns[name] = pd.Series(values, dtype=object)
     if schema.scenario is not None:
         name = schema.scenario.name
-        columns[name] = pd.Series([_category_text(get(r, name)) for r in rows], dtype=object)
+        columns[name] = pd.Series([category_text(get(r, name)) for r in rows], dtype=object)
     return pd.DataFrame(columns, index=pd.RangeIndex(len(rows)))
 
 

@@ -366,3 +366,97 @@ def test_transform_gives_the_same_ids_below_and_above_the_small_frame_size(rows:
     frame = pd.DataFrame({"user": pd.Series(users, dtype=object), "price": [1.0] * rows})
     expected = [pre.transform(frame.iloc[[i]].reset_index(drop=True)).sparse[0, 0] for i in range(rows)]
     assert pre.transform(frame).sparse[:, 0].tolist() == expected
+
+
+# ------------------------------------------------------------------ records take the frame-free path, same rules
+_RECORD_SCHEMA = FeatureSchema(
+    sparse=(SparseField(name="user"), SparseField(name="item", missing="oov")),
+    dense=(
+        DenseField(name="price", normalization="log1p", clip=3.0),
+        DenseField(name="age", fill="median", normalization="minmax"),
+        DenseField(name="score", normalization="none"),
+        DenseField(name="count", fill="zero", clip=1.5),
+    ),
+    scenario=ScenarioField(name="site"),
+    tasks=(TaskSpec(name="ctr", label="click"),),
+)
+_RECORD_TRAIN = pd.DataFrame(
+    {
+        "user": ["a", "b", "a", "12", "a", "b", "c", "-3"],
+        "item": [1, 2, 2, 3, 1, None, 7, 2],
+        "price": [1.0, 20.0, 300.0, None, 5.0, 0.5, -4.0, 9.0],
+        "age": [20, 30, None, 50, 60, 25, 35, 45],
+        "score": [0.1, -0.2, 0.3, 0.4, None, 0.6, 0.7, 0.8],
+        "count": [1, 2, 3, 4, 5, 6, 7, 100],
+        "site": ["app", "web", "app", "web", "app", "web", "app", "web"],
+        "click": [1, 0, 1, 0, 0, 1, 0, 1],
+    }
+)
+_NUMBERS = st.one_of(
+    st.none(),
+    st.integers(-(10**9), 10**9),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.floats(-1e6, 1e6),
+)
+_RECORD_VALUES = {
+    "user": _CATEGORY_VALUES,
+    "item": _CATEGORY_VALUES,
+    "price": _NUMBERS,
+    "age": _NUMBERS,
+    "score": _NUMBERS,
+    "count": _NUMBERS,
+    "site": st.sampled_from(["app", "web", " web ", "app"]),
+}
+
+
+@given(
+    records=st.lists(
+        st.fixed_dictionaries({}, optional=_RECORD_VALUES),  # any field may be absent (= missing)
+        min_size=1,
+        max_size=SMALL_FRAME_ROWS + 6,  # both sides of the small-frame size of the frame path
+    )
+)
+@settings(max_examples=150, deadline=None)
+def test_records_path_equals_the_frame_path(records: list[dict[str, Any]]) -> None:
+    from mtlrec.serving.schemas import records_to_frame
+
+    pre = Preprocessor.fit(_RECORD_TRAIN, _RECORD_SCHEMA)
+    for record in records:
+        record.setdefault("site", "app")
+    expected = pre.transform(records_to_frame(records, pre.schema), with_labels=False)
+    got = pre.transform_records(records)
+    assert got.sparse.tolist() == expected.sparse.tolist()
+    assert got.dense.tobytes() == expected.dense.tobytes()  # bit for bit
+    assert got.scenario is not None and expected.scenario is not None
+    assert got.scenario.tolist() == expected.scenario.tolist()
+    assert got.oov_counts == expected.oov_counts
+
+
+def test_records_path_reads_values_under_other_keys_and_reports_like_the_frame_path() -> None:
+    pre = Preprocessor.fit(_RECORD_TRAIN, _RECORD_SCHEMA)
+    keys = {"user": "f0", "price": "f2", "site": "f9"}
+    got = pre.transform_records([{"f0": "a", "f2": 20.0, "f9": "web"}], keys=keys)
+    expected = pre.transform(
+        pd.DataFrame(
+            {
+                "user": ["a"],
+                "item": [None],
+                "price": [20.0],
+                "age": [None],
+                "score": [None],
+                "count": [None],
+                "site": ["web"],
+            }
+        )
+    )
+    assert got.sparse.tolist() == expected.sparse.tolist()
+    assert got.dense.tobytes() == expected.dense.tobytes()
+    with pytest.raises(DataError, match=r"scenario `site` has an unknown value 'mobile' at row 1"):
+        pre.transform_records([{"site": "app"}, {"site": "mobile"}])
+    with pytest.raises(DataError, match=r"dense column `price` has a non-numeric value 'cheap' at row 0"):
+        pre.transform_records([{"site": "app", "price": "cheap"}])
+    numeric_text = pre.transform_records([{"site": "app", "price": " 20 ", "count": True}])
+    assert (
+        numeric_text.dense.tobytes()
+        == pre.transform_records([{"site": "app", "price": 20, "count": 1}]).dense.tobytes()
+    )

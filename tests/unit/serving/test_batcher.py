@@ -247,3 +247,38 @@ def test_a_request_whose_client_left_is_dropped_when_its_batch_forms() -> None:
 
     run(main())
     assert runner.calls == [1, 1]
+
+
+def test_small_batches_run_on_the_event_loop_and_larger_ones_in_the_worker_thread() -> None:
+    runner = FakeRunner()
+
+    async def main() -> tuple[list[dict[str, np.ndarray]], str]:
+        batcher = MicroBatcher(runner, max_batch_size=64, inline_rows=4)
+        small = await batcher.submit(rows(0, 4))  # 4 rows: within inline_rows
+        large = await batcher.submit(rows(0, 5))  # 5 rows: the worker thread
+        await batcher.close()
+        return [small, large], threading.current_thread().name
+
+    (small, large), loop_thread = run(main())
+    assert small["out"].tolist() == [1, 11, 21, 31] and large["out"].tolist() == [1, 11, 21, 31, 41]
+    assert loop_thread in runner.threads
+    assert any(name.startswith("mtlrec-runner") for name in runner.threads)
+
+
+def test_requests_that_arrive_during_an_inline_call_join_the_next_batch() -> None:
+    # Why: an inline call holds the event loop; the worker lets the loop run before it forms the next batch, so the
+    # requests submitted meanwhile (here: by tasks that were waiting to run) share one call instead of trailing.
+    runner = FakeRunner(sleep_s=0.01)
+
+    async def main() -> list[dict[str, np.ndarray]]:
+        batcher = MicroBatcher(runner, max_batch_size=64, inline_rows=64)
+        first = asyncio.create_task(batcher.submit(rows(0, 1)))
+        await asyncio.sleep(0)  # the first request is queued, its batch starts
+        later = [asyncio.create_task(batcher.submit(rows(i, 1))) for i in range(1, 6)]
+        out = [await first, *[await t for t in later]]
+        await batcher.close()
+        return out
+
+    outputs = run(main())
+    assert [o["out"].tolist() for o in outputs] == [[10 * i + 1] for i in range(6)]
+    assert runner.calls == [1, 5]

@@ -44,6 +44,7 @@ def gated(exported_repo: Path) -> Iterator[tuple[LiveServer, GatedRunner]]:
     batcher = app.state.registry.entries["mmoe"].batcher
     runner = GatedRunner(batcher.runner)
     batcher.runner = runner
+    batcher.inline_rows = 0  # the gate makes a slow model: its calls run in the worker thread, as a slow model's do
     with LiveServer(app) as server:
         yield server, runner
 
