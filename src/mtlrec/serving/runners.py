@@ -94,6 +94,9 @@ class OnnxRuntimeRunner(_Closing):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.inter_op_num_threads = 1
+        # No spin-waiting: by default the intra-op threads spin for a while after every run, burning a core that a
+        # server shares with its event loop (and, on a small host, its clients). Measured on the census MMoE served
+        # at 8 users on 2 cores: 1.2 ms of server CPU per request with spinning, 0.57 ms without.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.spec = spec
         self.session: Any = ort.InferenceSession(str(path), sess_options=options, providers=providers)
