@@ -14,21 +14,25 @@ JSON only, so both servers get the same bytes). Servers:
 
 * ``baseline``: ``benchmarks/baseline_server.py`` (FastAPI + uvicorn, one ONNX Runtime call per request, tensors
   as JSON, no records API);
-* ``serve``: ``mtlrec serve`` with its defaults (micro-batching on: max batch 256 rows, max delay 2 ms);
+* ``serve``: ``mtlrec serve`` with its defaults (micro-batching on: max batch 256 rows, no added delay);
 * ``serve-nobatch``: ``mtlrec serve --max-batch-size 1 --max-delay-ms 0`` (every request its own model call).
 
-Each step runs ``--step-seconds`` (default 8 s) and reports from ``--warmup`` seconds on. Rows per model call come
-from the servers' KServe statistics (``inference_count / execution_count``). Writes
+The three servers run side by side; each step runs ``--step-seconds`` (default 8 s), reports from ``--warmup``
+seconds on, and is repeated ``--rounds`` times (default 3) with the servers interleaved, the median reported (this
+host's speed drifts by tens of percent from one minute to the next; interleaving spreads the drift over all servers).
+Rows per model call come from the servers' KServe statistics (``inference_count / execution_count``). Writes
 ``results/serving_baseline.json`` and ``results/serving_baseline.md``; every figure is reported, goals met or not.
 
 Usage:
-    python benchmarks/serving_baseline.py [--step-seconds 8] [--warmup 2] [--models census,production]
+    python benchmarks/serving_baseline.py [--step-seconds 8] [--warmup 2] [--rounds 3] [--models census,production]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -105,55 +109,71 @@ def server_command(server: str, repo: Path) -> tuple[list[str] | None, list[str]
 
 
 def run_steps(name: str, repo: Path, args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    """Every (server, route, users, records) step of one model."""
+    """Every (server, route, users, records) step of one model, ``--rounds`` times, servers interleaved.
+
+    The three servers run side by side (an idle one costs no CPU), and each step configuration is measured on one
+    server after the other, round after round: a slow minute of this shared host then hits every server alike
+    instead of the one that happened to run during it. Each row holds the median over the rounds (and every round).
+    """
     rows: list[dict[str, Any]] = []
-    for server in SERVERS:
-        command, extra = server_command(server, repo)
-        with serve_subprocess(repo, "mmoe", work / "logs" / f"{name}-{server}.log", extra, command=command) as proc:
-            for route in ROUTES:
-                if server == "baseline" and route == "records":
-                    continue  # the baseline has no transform, hence no records API
-                for users in USERS:
-                    for records in RECORDS:
-                        step = f"{name}-{server}-{route}-u{users}-r{records}"
-                        options = LoadTestOptions(
-                            url=proc.url,
-                            model="mmoe",
-                            out=work / "steps" / step,
-                            protocol="records" if route == "records" else "v2-http",
-                            users=users,
-                            duration_s=args.step_seconds,
-                            warmup_s=args.warmup,
-                            records_per_request=records,
-                            repo=repo,
-                            v2_encoding="json",
-                            plots=False,
-                            command=shlex.join(["python", *sys.argv]),
-                        )
-                        report = run_load_test(options)
-                        lat = report["latency_ms"]
-                        row = {
-                            "model": name,
-                            "server": server,
-                            "route": route,
-                            "users": users,
-                            "records_per_request": records,
-                            "p50_ms": lat["p50"],
-                            "p99_ms": lat["p99"],
-                            "requests_per_s": report["requests_per_s"],
-                            "records_per_s": report["records_per_s"],
-                            "rows_per_model_call": report["server"].get("rows_per_model_call"),
-                            "requests": report["requests"],
-                            "failures": report["failures"],
-                            "load_avg_1m": report["host"].get("load_avg_1m"),
-                        }
+    with contextlib.ExitStack() as stack:
+        urls = {}
+        for server in SERVERS:
+            command, extra = server_command(server, repo)
+            log = work / "logs" / f"{name}-{server}.log"
+            urls[server] = stack.enter_context(serve_subprocess(repo, "mmoe", log, extra, command=command)).url
+        for route in ROUTES:
+            for users in USERS:
+                for records in RECORDS:
+                    servers = [s for s in SERVERS if not (s == "baseline" and route == "records")]  # no transform
+                    rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in servers}
+                    for index in range(args.rounds):
+                        for server in servers:
+                            step = f"{name}-{server}-{route}-u{users}-r{records}-{index}"
+                            options = LoadTestOptions(
+                                url=urls[server],
+                                model="mmoe",
+                                out=work / "steps" / step,
+                                protocol="records" if route == "records" else "v2-http",
+                                users=users,
+                                duration_s=args.step_seconds,
+                                warmup_s=args.warmup,
+                                records_per_request=records,
+                                repo=repo,
+                                v2_encoding="json",
+                                plots=False,
+                                command=shlex.join(["python", *sys.argv]),
+                            )
+                            report = run_load_test(options)
+                            lat = report["latency_ms"]
+                            rounds[server].append(
+                                {
+                                    "p50_ms": lat["p50"],
+                                    "p99_ms": lat["p99"],
+                                    "requests_per_s": report["requests_per_s"],
+                                    "records_per_s": report["records_per_s"],
+                                    "rows_per_model_call": report["server"].get("rows_per_model_call"),
+                                    "requests": report["requests"],
+                                    "failures": report["failures"],
+                                    "load_avg_1m": report["host"].get("load_avg_1m"),
+                                }
+                            )
+                            print(
+                                f"{step:50s} p50 {lat['p50']} ms p99 {lat['p99']} ms "
+                                f"{report['requests_per_s']:9.1f} req/s",
+                                flush=True,
+                            )
+                    for server in servers:
+                        measured = rounds[server]
+                        row = {"model": name, "server": server, "route": route, "users": users}
+                        row["records_per_request"] = records
+                        for key in ("p50_ms", "p99_ms", "requests_per_s", "records_per_s", "rows_per_model_call"):
+                            values = [m[key] for m in measured if m[key] is not None]
+                            row[key] = round(statistics.median(values), 3) if values else None
+                        row["requests"] = sum(m["requests"] for m in measured)
+                        row["failures"] = sum(m["failures"] for m in measured)
+                        row["rounds"] = measured
                         rows.append(row)
-                        print(
-                            f"{step:48s} p50 {lat['p50']} ms p99 {lat['p99']} ms {report['requests_per_s']:9.1f} req/s "
-                            f"{report['records_per_s']:10.1f} rec/s rows/call {row['rows_per_model_call']} "
-                            f"fails {report['failures']}",
-                            flush=True,
-                        )
     return rows
 
 
@@ -223,12 +243,17 @@ def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda g: (g["model"], g["goal"], g["records_per_request"]))
 
 
-def markdown(rows: list[dict[str, Any]], models: dict[str, Any], met: list[dict[str, Any]], host: str) -> str:
+def markdown(
+    rows: list[dict[str, Any]], models: dict[str, Any], met: list[dict[str, Any]], host: str, command: str
+) -> str:
     """The results table and the goals as Markdown."""
     lines = [
         "# Served latency and throughput: mtlrec serve vs a naive baseline",
         "",
         f"Host: {host}. Server, locust and client share the cores. v2 = tritonclient.http with JSON tensors.",
+        "Each figure is the median of the rounds, servers interleaved (every round is in serving_baseline.json).",
+        "",
+        f"Command: `{command}`",
         "",
         "| model | server | route | users | rec/req | p50 ms | p99 ms | req/s | rec/s | rows/model call | fails |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -259,6 +284,7 @@ def main() -> None:
     parser.add_argument("--models", default="census,production")
     parser.add_argument("--step-seconds", type=float, default=8.0)
     parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per step, servers interleaved; medians")
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "bench" / "serving")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -276,6 +302,7 @@ def main() -> None:
     models = {name: info for name, (_, info) in built.items()}
     payload = {
         "step_seconds": args.step_seconds,
+        "rounds": args.rounds,
         "warmup_s": args.warmup,
         "servers": {
             "baseline": "benchmarks/baseline_server.py: FastAPI + uvicorn, one ORT call per request, JSON tensors",
@@ -291,7 +318,9 @@ def main() -> None:
     }
     path = write_result("serving_baseline", payload)
     host_text = f"{host['cpu']}, {host['cores']} cores, GPU {host['gpu']}"
-    (RESULTS / "serving_baseline.md").write_text(markdown(rows, models, met, host_text))
+    (RESULTS / "serving_baseline.md").write_text(
+        markdown(rows, models, met, host_text, shlex.join(["python", *sys.argv]))
+    )
     print(f"wrote {path} and {RESULTS / 'serving_baseline.md'} in {payload['wall_s']} s")
 
 
