@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -14,7 +16,10 @@ from rich.table import Table
 
 from mtlrec.errors import MtlrecError
 
-console = Console()
+# Piped or captured output (CI logs, `| tee`) has no terminal width; rich then assumes 80 columns and cuts the
+# numbers of wide tables ("494,6…"). Such output gets 140 columns unless COLUMNS says otherwise.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140
+console = Console(width=_WIDTH)
 err_console = Console(stderr=True)
 
 

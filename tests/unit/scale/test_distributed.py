@@ -63,3 +63,21 @@ def test_a_single_process_run_is_world_one() -> None:
     ctx = distributed.setup()
     assert (ctx.world, ctx.rank, ctx.enabled, ctx.is_main) == (1, 0, False, True)
     assert distributed.all_reduce_sum([1.0, 2.0], ctx) == [1.0, 2.0] and distributed.gather_to_main(3, ctx) == [3]
+
+
+@pytest.mark.timeout(180)
+def test_ddp_is_deterministic_for_a_seed_and_a_world_size(sharded_dir: Path, tmp_path: Path) -> None:
+    config = build_run_config("mmoe", {**CONFIG, "train": {**CONFIG["train"], "epochs": 1}})
+    first, second = tmp_path / "first", tmp_path / "second"
+    one = train_distributed(sharded_dir, config, first, nproc=2)
+    two = train_distributed(sharded_dir, config, second, nproc=2)
+    # Same seed, same world size: the same shuffles, the same all-reduced gradients, the same weights bit for bit.
+    with (
+        safe_open(str(first / "model.safetensors"), framework="pt") as a,
+        safe_open(str(second / "model.safetensors"), framework="pt") as b,
+    ):
+        assert sorted(a.keys()) == sorted(b.keys())
+        for key in a.keys():  # noqa: SIM118
+            assert torch.equal(a.get_tensor(key), b.get_tensor(key)), key
+    assert [h["train_loss"] for h in one.history] == [h["train_loss"] for h in two.history]
+    assert json.loads((first / "metrics.json").read_text()) == json.loads((second / "metrics.json").read_text())
