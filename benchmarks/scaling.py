@@ -4,9 +4,11 @@ Every measurement runs in a fresh subprocess (``python benchmarks/scaling.py _ru
 (``ru_maxrss`` of that process; for DDP and Ray, of the launching process plus, where said, its children) belongs
 to it alone. Data is the ``synthetic`` generator, prepared with ``--shard-rows`` (streamed, never all in memory).
 
-    python benchmarks/scaling.py --rows 1000000 --epochs 1 --out benchmarks/results/scaling
+    python benchmarks/scaling.py        # training at 1M, 4M, 16M rows; scoring at 1M, 10M rows; DDP at 1M
 
-writes ``scaling.json`` (every figure, the host, the command) and ``scaling.md`` + ``scaling.png`` beside it.
+writes ``scaling.json`` (every figure, the host, the command) and ``scaling.md`` + ``scaling.png`` beside it, after
+every measurement (a run cut short keeps what it measured), with the goals checked: streaming peak RSS at the largest
+size within 1.5x of the smallest, streaming validation AUC within 0.005 of in-memory at each size.
 On this project's 2-core machine the DDP figures show correctness and overhead, not a speed-up: two processes
 share the same two cores.
 """
@@ -100,8 +102,10 @@ def _sub(*args: str) -> dict[str, Any]:
 def main() -> None:
     """Prepare, measure, write the results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000], help="training dataset sizes")
-    parser.add_argument("--score-rows", type=int, nargs="+", default=[1_000_000], help="scoring input sizes")
+    parser.add_argument(
+        "--rows", type=int, nargs="+", default=[1_000_000, 4_000_000, 16_000_000], help="training dataset sizes"
+    )
+    parser.add_argument("--score-rows", type=int, nargs="+", default=[1_000_000, 10_000_000], help="scoring sizes")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--shard-rows", type=int, default=250_000)
@@ -131,11 +135,13 @@ def main() -> None:
             measured = _sub("train", str(data), mode, str(args.epochs), str(args.batch_size), "1")
             results["train"].append({"rows": rows, "mode": mode, "prepare_s": prepare_s, **measured})
             print(json.dumps(results["train"][-1]), flush=True)
+            save(results, args.out)
         if not args.skip_ddp and rows == args.rows[0]:
             for nproc in (1, 2):
                 measured = _sub("train", str(data), "in-memory", str(args.epochs), str(args.batch_size), str(nproc))
                 results["ddp"].append({"rows": rows, "nproc": nproc, **measured})
                 print(json.dumps(results["ddp"][-1]), flush=True)
+                save(results, args.out)
     # A tiny exported model for scoring (its throughput is dominated by the transform, not the model).
     repo = args.workdir / "repo"
     if not repo.is_dir():
@@ -158,9 +164,35 @@ def main() -> None:
             measured = _sub("score", str(raw), str(repo), engine, str(args.workdir / f"scores-{engine}"), "2")
             results["score"].append({"rows": rows, "engine": engine, **measured})
             print(json.dumps(results["score"][-1]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    write_report(results, args.out)
+            save(results, args.out)
+
+
+def save(results: dict[str, Any], out: Path) -> None:
+    """Write what was measured so far: ``.json``, ``.md`` and ``.png`` at ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results["goals"] = goals(results["train"])
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    write_report(results, out)
+
+
+def goals(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The [scale] goals on the training rows measured so far (every one reported, met or not)."""
+    out: list[dict[str, Any]] = []
+    streaming = sorted((r for r in train if r["mode"] == "streaming"), key=lambda r: r["rows"])
+    if len(streaming) >= 2:
+        small, large = streaming[0], streaming[-1]
+        ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
+        goal = f"streaming peak RSS at {large['rows']:,} rows within 1.5x of {small['rows']:,}"
+        out.append({"goal": goal, "value": round(ratio, 3), "target": 1.5, "met": ratio <= 1.5})
+    by_rows: dict[int, dict[str, float]] = {}
+    for r in train:
+        by_rows.setdefault(r["rows"], {})[r["mode"]] = r["val_auc_ctr"]
+    for rows, aucs in sorted(by_rows.items()):
+        if {"in-memory", "streaming"} <= aucs.keys():
+            gap = abs(aucs["streaming"] - aucs["in-memory"])
+            goal = f"{rows:,} rows: |streaming - in-memory| val AUC ctr <= 0.005"
+            out.append({"goal": goal, "value": round(gap, 4), "target": 0.005, "met": gap <= 0.005})
+    return out
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
@@ -212,6 +244,10 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         lines.append(
             f"| {r['rows']:,} | {r['engine']} | {r['rows_per_s']:,.0f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:,.0f} |"
         )
+    if results.get("goals"):
+        lines += ["", "## Goals", "", "| goal | value | target | met |", "|---|---:|---:|---|"]
+        for g in results["goals"]:
+            lines.append(f"| {g['goal']} | {g['value']} | {g['target']} | {'yes' if g['met'] else 'NO'} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
     import matplotlib
