@@ -190,7 +190,7 @@ def goals(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for rows, aucs in sorted(by_rows.items()):
         if {"in-memory", "streaming"} <= aucs.keys():
             gap = abs(aucs["streaming"] - aucs["in-memory"])
-            goal = f"{rows:,} rows: |streaming - in-memory| val AUC ctr <= 0.005"
+            goal = f"{rows:,} rows: val AUC ctr, streaming vs in-memory, differ by <= 0.005"
             out.append({"goal": goal, "value": round(gap, 4), "target": 0.005, "met": gap <= 0.005})
     return out
 

@@ -133,6 +133,12 @@ def train_cmd(
         "num_threads": threads,
     }
     with user_errors():
+        cpus = os.cpu_count() or 1
+        if nproc > cpus:
+            raise ConfigError(
+                f"--nproc {nproc} is above this machine's {cpus} CPUs",
+                hint=f"use --nproc {cpus} or fewer; for more processes run torchrun on a cluster (see the README)",
+            )
         model_overrides: dict[str, Any] = {"track": track, "tasks": tasks.split(",") if tasks else None}
         if init_from_supernet and arch is None:
             raise ConfigError("--init-from-supernet needs --arch", hint="pass the architecture file of the search")

@@ -129,6 +129,10 @@ class EncodedData:
 
 
 # ---------------------------------------------------------------------------------------------------- parquet
+SCHEMA_HASH_KEY = "mtlrec.schema_hash"
+"""Parquet key-value metadata of every encoded split file: the hash of the schema that encoded it."""
+
+
 def encoded_to_table(schema: FeatureSchema, encoded: EncodedFrame) -> pa.Table:
     """One Parquet column per field (ids int64, dense float32, scenario int64) and ``label:<task>`` per task."""
     columns: dict[str, Any] = {}
@@ -140,7 +144,26 @@ def encoded_to_table(schema: FeatureSchema, encoded: EncodedFrame) -> pa.Table:
         columns[schema.scenario.name] = encoded.scenario
     for task, values in encoded.labels.items():
         columns[LABEL_PREFIX + task] = values
-    return pa.table(columns)
+    # Every file says which schema encoded it, so a shard copied in from another preparation is refused by name.
+    return pa.table(columns, metadata={SCHEMA_HASH_KEY: schema.hash()})
+
+
+def check_schema_hash(path: Path, expected: str) -> None:
+    """Refuse a Parquet split file encoded under another schema (files without the key, from older versions, pass).
+
+    Raises:
+        DataError: the file's ``mtlrec.schema_hash`` differs from ``expected``, or the file cannot be read.
+    """
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"cannot read {path}: {err}", hint="prepare the data again") from None
+    found = metadata.get(SCHEMA_HASH_KEY.encode())
+    if found is not None and found.decode() != expected:
+        raise DataError(
+            f"{path} was encoded with schema {found.decode()}, but this directory's schema.json is {expected}",
+            hint="a shard from another preparation was mixed in; prepare the data again into an empty directory",
+        )
 
 
 def table_to_encoded(schema: FeatureSchema, table: pa.Table) -> EncodedFrame:
@@ -313,6 +336,7 @@ class PreparedData:
             raise DataError(f"unknown split `{name}`", hint=f"use one of {', '.join(SPLITS)}")
         path = self.root / f"{name}.parquet"
         if path.is_file():
+            check_schema_hash(path, self.schema.hash())
             return [path]
         found = sorted((self.root / name).glob("part-*.parquet")) if (self.root / name).is_dir() else []
         if not found:
@@ -320,6 +344,9 @@ class PreparedData:
                 f"split `{name}` not found in {self.root} (neither {name}.parquet nor {name}/part-*.parquet)",
                 hint="run `mtlrec data prepare` for this directory",
             )
+        expected = self.schema.hash()
+        for shard in found:
+            check_schema_hash(shard, expected)
         return found
 
     def num_rows(self, name: str) -> int:

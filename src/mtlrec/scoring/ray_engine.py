@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -62,6 +63,27 @@ def _ray() -> Any:
     except ImportError:
         raise MtlrecError("ray is not installed", hint="pip install 'mtlrec[ray]' to score with --engine ray") from None
     return ray
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, by name, when a Ray address (``host:port`` or ``ray://host:port``; ``auto`` is not probed) does not
+    accept a TCP connection: ``ray.init`` would otherwise retry for a minute before a generic error.
+
+    Raises:
+        MtlrecError: nothing listens at the address, or it is malformed.
+    """
+    if address == "auto":
+        return
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise MtlrecError(f"--ray-address {address!r} is not host:port", hint="e.g. ray://head:10001 or head:6379")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise MtlrecError(
+            f"cannot reach the Ray cluster at {address}: {err}",
+            hint="check the address and that the head node is up (`ray status` on it), or drop --ray-address",
+        ) from None
 
 
 def input_files(path: Path) -> tuple[list[Path], str]:
@@ -173,6 +195,7 @@ def score_with_ray(
     triton_protocol: str = "http",
     address: str | None = None,
     num_cpus: int | None = None,
+    scorer: type[RayScorer] | None = None,
 ) -> RayScoreResult:
     """Score every row of ``input`` (a CSV/Parquet file or folder) on Ray Data; write Parquet files into ``out``.
 
@@ -189,6 +212,7 @@ def score_with_ray(
         triton_protocol: ``http`` or ``grpc``.
         address: join this Ray cluster; None starts a local Ray with ``num_cpus`` CPUs.
         num_cpus: CPUs of a local Ray (default: ``num_workers * threads + 1``, one for reading and writing).
+        scorer: the actor class (default :class:`RayScorer`); a subclass may wrap it, e.g. to inject failures.
 
     Raises:
         DataError: the input is missing, lacks columns or the id column, or a row is malformed.
@@ -210,6 +234,8 @@ def score_with_ray(
     # The actors hold num_workers * threads CPUs for the whole job; reading and writing need one more, or the
     # read tasks are never scheduled and the job waits forever.
     needed = num_workers * threads + 1
+    if address is not None:
+        check_reachable(address)
     if not ray.is_initialized():
         if address is None:
             ray.init(num_cpus=num_cpus or needed, include_dashboard=False, log_to_driver=False)
@@ -241,7 +267,7 @@ def score_with_ray(
             )
             dataset = ray.data.read_csv(paths, convert_options=convert)
         scored = dataset.map_batches(
-            RayScorer,
+            scorer or RayScorer,
             fn_constructor_kwargs={
                 "repo": str(repo.resolve()),
                 "model": model,
@@ -255,6 +281,9 @@ def score_with_ray(
             batch_format="pyarrow",
             concurrency=num_workers,
             num_cpus=threads,
+            # An actor that dies (a node lost, a worker killed for memory) is restarted and its batch retried:
+            # Ray Data's default for actor pools (max_restarts=-1, max_task_retries=-1), which we keep; the output
+            # stays complete, every input row scored exactly once (tested with an injected death).
         )
         scored.write_parquet(str(target))
     except Exception as err:

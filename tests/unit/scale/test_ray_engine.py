@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from mtlrec.train.loop import train
 ray = pytest.importorskip("ray", reason="ray (the [ray] extra) is not installed")
 pytest.importorskip("onnxruntime", reason="onnxruntime (the [onnx] extra) is not installed")
 
-from mtlrec.scoring.ray_engine import score_with_ray  # noqa: E402
+from mtlrec.scoring.ray_engine import RayScorer, score_with_ray  # noqa: E402
 
 TINY_MMOE = {"embed_dim": 4, "num_experts": 2, "expert": {"hidden": [8]}, "tower": {"hidden": [4]}}
 
@@ -61,6 +63,8 @@ def test_ray_scores_a_parquet_folder_and_a_csv_like_the_local_engine(
     result = score_with_ray(folder, repo, "mmoe", tmp_path / "scores", num_workers=2, batch_size=700)
     scored = pd.read_parquet(tmp_path / "scores")
     assert result.rows == len(scored) == len(raw) and result.files >= 1
+    # Exactly one output row per input row: none lost, none duplicated.
+    assert scored["impression_id"].is_unique and set(scored["impression_id"]) == set(raw["impression_id"])
     assert list(scored.columns) == ["impression_id", "ctr", "cvr"]
     merged = scored.merge(local, on="impression_id", suffixes=("", "_local"))
     assert len(merged) == len(raw)
@@ -97,3 +101,64 @@ def test_score_cli_keeps_local_as_the_default_and_refuses_a_folder_there(repo: P
     assert result.exit_code == 2 and "--engine ray" in result.output
     skip = runner.invoke(app, [*args, "--engine", "ray", "--on-error", "skip"])
     assert skip.exit_code == 2 and "not supported" in skip.output
+
+
+class DiesOnce(RayScorer):
+    """Kills its actor process on the first batch of the whole job (a marker file makes it once, across restarts)."""
+
+    marker = ""
+
+    def __call__(self, batch: object) -> object:
+        if not os.path.exists(self.marker):
+            Path(self.marker).touch()
+            os._exit(1)  # the process dies as if killed: no exception, no clean-up
+        return super().__call__(batch)  # type: ignore[arg-type]
+
+
+def test_an_actor_that_dies_mid_run_is_replaced_and_the_output_is_complete(
+    repo: Path, local_ray: None, tmp_path: Path
+) -> None:
+    raw = generate_impressions(2_000, seed=5).drop(columns=["click", "conversion"])
+    folder = tmp_path / "events"
+    folder.mkdir()
+    for i in range(4):
+        raw.iloc[i * 500 : (i + 1) * 500].to_parquet(folder / f"part-{i}.parquet")
+    DiesOnce.marker = str(tmp_path / "died")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test module
+    try:
+        result = score_with_ray(
+            folder, repo, "mmoe", tmp_path / "scores", num_workers=2, batch_size=300, scorer=DiesOnce
+        )
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert (tmp_path / "died").exists()  # an actor did die
+    scored = pd.read_parquet(tmp_path / "scores")
+    assert result.rows == len(scored) == len(raw)
+    assert scored["impression_id"].is_unique and set(scored["impression_id"]) == set(raw["impression_id"])
+    local = pd.read_parquet(score_file(folder / "part-0.parquet", repo, "mmoe", tmp_path / "l.parquet").out)
+    merged = local.merge(scored, on="impression_id", suffixes=("_local", ""))
+    assert len(merged) == 500 and np.allclose(merged["ctr"], merged["ctr_local"], atol=1e-6)
+
+
+def test_an_empty_folder_and_an_unreachable_ray_address_fail_clearly_and_write_nothing(
+    repo: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    runner = CliRunner()
+    out = tmp_path / "scores"
+    base = ["score", "--engine", "ray", "--repo", str(repo), "--model", "mmoe", "--out", str(out)]
+    empty = runner.invoke(app, [*base[:1], str(tmp_path / "empty"), *base[1:]])
+    assert empty.exit_code == 2 and "holds no .csv" in empty.output, empty.output
+    events = tmp_path / "events.parquet"
+    generate_impressions(20, seed=3).to_parquet(events)
+    # A port nothing listens on (bound, then closed): refused at once, not after ray.init's minute of retries.
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    unreachable = runner.invoke(app, [*base[:1], str(events), *base[1:], "--ray-address", f"127.0.0.1:{port}"])
+    assert unreachable.exit_code == 2 and "cannot reach the Ray cluster" in unreachable.output, unreachable.output
+    malformed = runner.invoke(app, [*base[:1], str(events), *base[1:], "--ray-address", "head-without-port"])
+    assert malformed.exit_code == 2 and "not host:port" in malformed.output
+    assert not out.exists() and not list(tmp_path.glob(".scores.*"))
