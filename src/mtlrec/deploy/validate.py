@@ -78,6 +78,41 @@ def core_problems(doc: dict[str, Any], version: str = DEFAULT_K8S_VERSION) -> li
     if not DNS_LABEL.match(name) or len(name) > 63:
         problems.append(f"{doc.get('kind')}: metadata.name `{name}` is not a DNS-1123 label")
     problems += _quantity_problems(doc, str(doc.get("kind")))
+    problems += _server_side_problems(doc)
+    return problems
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc.get("spec") or {}
+    pod = spec if doc.get("kind") == "Pod" else ((spec.get("template") or {}).get("spec") or {})
+    return [c for c in (pod.get("containers") or []) + (pod.get("initContainers") or []) if isinstance(c, dict)]
+
+
+def _port_problem(value: Any, where: str) -> list[str]:
+    """A port number outside 1..65535 (a named port, a string, is the schema's business)."""
+    if isinstance(value, int) and not 1 <= value <= 65535:
+        return [f"{where} {value} is not a port (1..65535)"]
+    return []
+
+
+def _server_side_problems(doc: dict[str, Any]) -> list[str]:
+    """Rules the API server enforces beyond the OpenAPI schemas: every container names an image; ports in range."""
+    kind = str(doc.get("kind"))
+    problems: list[str] = []
+    for container in _containers(doc):
+        name = container.get("name", "?")
+        if not str(container.get("image") or "").strip():
+            problems.append(f"{kind}: container `{name}` has no image (Kubernetes: Required value)")
+        for port in container.get("ports") or []:
+            problems += _port_problem(port.get("containerPort"), f"{kind}: container `{name}` containerPort")
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            for action in ("httpGet", "tcpSocket", "grpc"):
+                port = ((container.get(probe) or {}).get(action) or {}).get("port")
+                problems += _port_problem(port, f"{kind}: container `{name}` {probe}.{action}.port")
+    if kind == "Service":
+        for port in (doc.get("spec") or {}).get("ports") or []:
+            for key in ("port", "targetPort", "nodePort"):
+                problems += _port_problem(port.get(key), f"Service: ports[{port.get('name', '?')}].{key}")
     return problems
 
 

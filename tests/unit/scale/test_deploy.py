@@ -41,6 +41,31 @@ def test_core_validation_catches_a_wrong_field() -> None:
     assert any("not a quantity" in p for p in manifest_problems([bad_quantity]))
 
 
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda d: _container(d).pop("image"), "has no image"),
+        (lambda d: _container(d).update(image=""), "has no image"),
+        (lambda d: _container(d)["ports"][0].update(containerPort=70000), "containerPort 70000 is not a port"),
+        (lambda d: _container(d)["readinessProbe"]["httpGet"].update(port=0), "readinessProbe.httpGet.port 0"),
+    ],
+)
+def test_a_deployment_without_image_or_with_a_bad_port_is_refused(change: Any, problem: str) -> None:
+    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (the [k8s] extra) is not installed")
+    doc = triton_deployment(FACTS, pvc="models")
+    assert manifest_problems([doc]) == []
+    change(doc)
+    found = manifest_problems([doc])
+    assert any(problem in p for p in found), found
+
+
+def test_a_service_port_out_of_range_is_refused() -> None:
+    pytest.importorskip("kubernetes_validate", reason="kubernetes-validate (the [k8s] extra) is not installed")
+    service = triton_service(FACTS)
+    service["spec"]["ports"][0]["port"] = 65536
+    assert any("port 65536 is not a port" in p for p in manifest_problems([service]))
+
+
 def test_deployment_probes_triton_health_and_loads_the_three_models() -> None:
     container = _container(triton_deployment(FACTS, pvc="models"))
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
