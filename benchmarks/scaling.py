@@ -1,8 +1,11 @@
 """Scaling benchmarks: training in memory vs streamed, DDP with 1 and 2 processes, scoring local vs Ray.
 
-Every measurement runs in a fresh subprocess (``python benchmarks/scaling.py _run KIND ...``) so that its peak RSS
-(``ru_maxrss`` of that process; for DDP and Ray, of the launching process plus, where said, its children) belongs
-to it alone. Data is the ``synthetic`` generator, prepared with ``--shard-rows`` (streamed, never all in memory).
+Every measurement runs in a fresh subprocess (``python benchmarks/scaling.py _run KIND ...``). Its peak RSS is the
+kernel's high-water mark of that process (``VmHWM``; not ``ru_maxrss``, which after ``exec`` keeps the RSS of the
+parent it was forked from), and the peak of the whole process tree (DDP workers, Ray's raylet and actors) is the
+largest sum of PSS over the tree, sampled every 50 ms (PSS shares each shared page among the processes mapping it,
+so libraries loaded by every worker are not counted once per worker). Data is the ``synthetic`` generator,
+prepared with ``--shard-rows`` (streamed, never all in memory).
 
     python benchmarks/scaling.py        # training at 1M, 4M, 16M rows; scoring at 1M, 10M rows; DDP at 1M
 
@@ -19,10 +22,10 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +33,43 @@ from typing import Any
 MODEL = {"embed_dim": 8, "num_experts": 4, "expert": {"hidden": [64]}, "tower": {"hidden": [32]}}
 
 
-def _peak_rss_mb(children: bool = False) -> float:
-    """Peak RSS of this process (or of its reaped children) in MiB (Linux reports KiB)."""
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 1024
+def _hwm_mb() -> float:
+    """The peak RSS of this process since its ``exec`` (``VmHWM``, in KiB in /proc) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+class TreePeak:
+    """The largest PSS sum over this process and all its descendants, sampled in a thread while in the block."""
+
+    def __init__(self, interval_s: float = 0.05) -> None:
+        import psutil  # a dependency of locust and ray: present with the extras this benchmark needs
+
+        self._psutil, self._interval, self.peak_mb = psutil, interval_s, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = self._psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_full_info().pss
+                except (self._psutil.NoSuchProcess, self._psutil.AccessDenied, self._psutil.ZombieProcess):
+                    continue
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _config(epochs: int, batch_size: int) -> Any:
@@ -49,45 +85,47 @@ def run_train(data: Path, mode: str, epochs: int, batch_size: int, nproc: int) -
 
     config = _config(epochs, batch_size)
     start = time.perf_counter()
-    if nproc > 1:
-        out = data.parent / f"run-ddp{nproc}"
-        cfg = config.model_copy(update={"train": config.train.model_copy(update={"num_threads": 1})})
-        result = train_distributed(data, cfg, out, nproc, streaming=mode == "streaming")
-    else:
-        result = train(data, config, streaming=mode == "streaming")
+    with TreePeak() as tree:
+        if nproc > 1:
+            out = data.parent / f"run-ddp{nproc}"
+            cfg = config.model_copy(update={"train": config.train.model_copy(update={"num_threads": 1})})
+            result = train_distributed(data, cfg, out, nproc, streaming=mode == "streaming")
+        else:
+            result = train(data, config, streaming=mode == "streaming")
     wall = time.perf_counter() - start
     return {
         "samples_per_s": result.samples_per_s,
         "wall_s": wall,
         "rows_per_epoch": result.history[0]["rows"],
         "val_auc_ctr": result.val_metrics["tasks"]["ctr"]["auc"],
-        "peak_rss_mb": _peak_rss_mb(),
-        "peak_rss_children_mb": _peak_rss_mb(children=True),
+        "peak_rss_mb": _hwm_mb(),
+        "peak_tree_pss_mb": tree.peak_mb,
     }
 
 
 def run_score(raw: Path, repo: Path, engine: str, out: Path, workers: int) -> dict[str, Any]:
     """Score a raw Parquet folder (local: file by file) once; rows/s and peak RSS."""
     start = time.perf_counter()
-    if engine == "ray":
-        from mtlrec.scoring.ray_engine import score_with_ray
+    with TreePeak() as tree:
+        if engine == "ray":
+            from mtlrec.scoring.ray_engine import score_with_ray
 
-        result = score_with_ray(raw, repo, "mmoe", out, num_workers=workers, threads=1)
-        rows = result.rows
-    else:
-        from mtlrec.serving.score import score_file
+            result = score_with_ray(raw, repo, "mmoe", out, num_workers=workers, threads=1)
+            rows = result.rows
+        else:
+            from mtlrec.serving.score import score_file
 
-        rows = 0
-        out.mkdir(parents=True, exist_ok=True)
-        for part in sorted(raw.glob("*.parquet")):
-            rows += score_file(part, repo, "mmoe", out / part.name, threads=2).rows
+            rows = 0
+            out.mkdir(parents=True, exist_ok=True)
+            for part in sorted(raw.glob("*.parquet")):
+                rows += score_file(part, repo, "mmoe", out / part.name, threads=2).rows
     seconds = time.perf_counter() - start
     return {
         "rows": rows,
         "rows_per_s": rows / seconds,
         "wall_s": seconds,
-        "peak_rss_mb": _peak_rss_mb(),
-        "peak_rss_children_mb": _peak_rss_mb(children=True),
+        "peak_rss_mb": _hwm_mb(),
+        "peak_tree_pss_mb": tree.peak_mb,
     }
 
 
@@ -196,7 +234,7 @@ def goals(train: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
-    """``scaling.md`` (tables) and ``scaling.png`` (throughput and peak RSS per configuration)."""
+    """``scaling.md`` (tables) and ``scaling.png`` (throughput and peak memory per configuration)."""
     lines = [
         "# Scaling benchmarks",
         "",
@@ -209,7 +247,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         "| rows | mode | samples/s | peak RSS (MiB) | val AUC ctr |",
         "|---:|---|---:|---:|---:|",
     ]
-    for r in results["train"]:
+    for r in sorted(results["train"], key=lambda r: (r["rows"], r["mode"])):
         lines.append(
             f"| {r['rows']:,} | {r['mode']} | {r['samples_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} "
             f"| {r['val_auc_ctr']:.4f} |"
@@ -222,27 +260,30 @@ def write_report(results: dict[str, Any], out: Path) -> None:
             "Two processes share the same 2 cores (1 thread each), so no speed-up is expected here; samples/s is the",
             "global rate (rows of all ranks over rank 0's training time); the 1-process row uses 2 threads.",
             "",
-            "| rows | processes | samples/s | wall s (incl. start-up) | launcher peak RSS (MiB) | val AUC ctr |",
-            "|---:|---:|---:|---:|---:|---:|",
+            "| rows | processes | samples/s | wall s (incl. start-up) | launcher peak RSS (MiB) "
+            "| all processes peak PSS (MiB) | val AUC ctr |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in results["ddp"]:
             lines.append(
                 f"| {r['rows']:,} | {r['nproc']} | {r['samples_per_s']:,.0f} | {r['wall_s']:.1f} "
-                f"| {r['peak_rss_mb']:,.0f} | {r['val_auc_ctr']:.4f} |"
+                f"| {r['peak_rss_mb']:,.0f} | {r['peak_tree_pss_mb']:,.0f} | {r['val_auc_ctr']:.4f} |"
             )
     lines += [
         "",
         "## Batch scoring (Parquet in, Parquet out)",
         "",
         "Local: `score_file` per input file, 2 intra-op threads. Ray: `score --engine ray`, 2 actors of 1 CPU plus",
-        "one CPU for reading (Ray start-up included). Peak RSS is the driver's; Ray's workers are other processes.",
+        "one CPU for reading (Ray start-up included). Driver peak RSS: the scoring process; all processes: the",
+        "driver plus every process it started (Ray's GCS, raylet, actors), peak PSS sum.",
         "",
-        "| rows | engine | rows/s | wall s | driver peak RSS (MiB) |",
-        "|---:|---|---:|---:|---:|",
+        "| rows | engine | rows/s | wall s | driver peak RSS (MiB) | all processes peak PSS (MiB) |",
+        "|---:|---|---:|---:|---:|---:|",
     ]
     for r in results["score"]:
         lines.append(
-            f"| {r['rows']:,} | {r['engine']} | {r['rows_per_s']:,.0f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:,.0f} |"
+            f"| {r['rows']:,} | {r['engine']} | {r['rows_per_s']:,.0f} | {r['wall_s']:.1f} | {r['peak_rss_mb']:,.0f} "
+            f"| {r['peak_tree_pss_mb']:,.0f} |"
         )
     if results.get("goals"):
         lines += ["", "## Goals", "", "| goal | value | target | met |", "|---|---:|---:|---|"]
@@ -262,11 +303,15 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     rates = [r["samples_per_s"] for r in results["train"] + results["ddp"]] + [
         r["rows_per_s"] for r in results["score"]
     ]
-    rss = [r["peak_rss_mb"] for r in results["train"] + results["ddp"] + results["score"]]
+    everything = results["train"] + results["ddp"] + results["score"]
+    rss = [r["peak_rss_mb"] for r in everything]
+    tree = [r.get("peak_tree_pss_mb", 0.0) for r in everything]
     axes[0].barh(labels, rates)
     axes[0].set_xlabel("rows / s")
-    axes[1].barh(labels, rss, color="tab:orange")
-    axes[1].set_xlabel("peak RSS (MiB)")
+    axes[1].barh(labels, tree, color="tab:gray", label="all processes (peak PSS sum)")
+    axes[1].barh(labels, rss, color="tab:orange", height=0.5, label="main process (peak RSS)")
+    axes[1].set_xlabel("memory (MiB)")
+    axes[1].legend(loc="lower right", fontsize=8)
     axes[1].set_yticklabels([])
     fig.suptitle("mtlrec scaling (synthetic data, 2-core CPU)")
     fig.tight_layout()
