@@ -7,18 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from mtlrec.cli.app import app
+from cli_run import run_cli as run
 from mtlrec.export import quantize
 from mtlrec.export.triton_config import parse, render
-
-runner = CliRunner()
-
-
-def run(*args: Any) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -6,21 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from mtlrec.cli.app import app
+from cli_run import run_cli as run
 
-runner = CliRunner()
 SEARCH_YAML = """
 space: {embed_dim: 4, num_experts: 2, num_blocks: 1, block_dim: 8, candidate_ops: [identity, "mlp:8"],
         tower: {hidden: [8]}}
 search: {warmup_epochs: 1, search_epochs: 1, batch_size: 512, train_rows: 2000, num_threads: 1}
 """
-
-
-def run(*args: object) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -42,3 +42,20 @@ def test_eager_is_skipped_with_a_note_when_the_run_is_gone(exported_repo: Path, 
     report = json.loads((out / "report.json").read_text())
     assert {e["runner"] for e in report["entries"]} == {"onnxruntime", "torchscript"}
     assert any("eager skipped" in n for n in report["notes"])
+
+
+def test_cuda_on_a_host_without_it_is_one_clear_error(exported_repo: Path, tmp_path: Path) -> None:
+    import onnxruntime
+    import pytest
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this host has the CUDA provider: the error under test cannot happen here")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app, ["bench", "latency", "--repo", str(exported_repo), "--model", "mmoe", "--device", "cuda",
+              "--batch-sizes", "1", "--seconds", "0.05", "--out", str(out)]
+    )  # fmt: skip
+    text = result.stdout + result.stderr
+    assert result.exit_code == 2, text
+    assert "cuda" in text.lower() and "Traceback" not in text
+    assert not (out / "report.json").exists()

@@ -11,9 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
-from mtlrec.cli.app import app
+from cli_run import run_cli as run
 from mtlrec.data.dataset import SCHEMA_HASH_KEY, open_prepared
 from mtlrec.data.prepare import prepare
 from mtlrec.errors import DataError
@@ -21,17 +20,10 @@ from mtlrec.serving.app import create_app
 from mtlrec.serving.repository import open_model
 from mtlrec.serving.schemas import records_to_frame
 
-runner = CliRunner()
-
 RECORDS: list[dict[str, Any]] = [
     {"user_id": "u1", "item_id": 3, "price": 12.5, "scenario": "scenario_0"},
     {"user_id": "never-seen", "device": "ios", "scenario": "scenario_1"},
 ]
-
-
-def run(*args: Any) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
