@@ -13,6 +13,11 @@ synthetic impression log's distributions when the model was trained on it, else 
 ``--records-per-request`` rows per request and an optional ``--scenario-mix``. The v2 users need ``--repo`` (the
 served repository) to encode records into tensors with the run's own preprocessor.
 
+Users are closed-loop by default (the next request as soon as the answer is in). ``--target-rps R`` makes the run
+open-loop: each of the N users sends on a fixed schedule of R / N requests a second (random phase), never skipping a
+slot when it falls behind, and records how late each request left, so the report can count latency from the
+scheduled send time (coordinated omission corrected) and say whether the generator kept up.
+
 Every request is timed here with ``time.perf_counter`` and recorded by a request listener (locust's statistics
 round sub-100 ms times to the millisecond); ``--timings-out FILE`` writes them as JSON at exit for
 ``mtlrec loadtest``'s report. A guard greenlet stops the run when more than ``--abort-fail-ratio`` of the requests
@@ -69,8 +74,8 @@ from mtlrec.schema import DenseField, FeatureSchema, ScenarioField, SparseField,
 
 logger = logging.getLogger("mtlrec.loadtest")
 
-# Requests and errors as this process measured them: (start, ms, ok, records), written by --timings-out at exit.
-TIMINGS: list[tuple[float, float, bool, int]] = []
+# Requests and errors as this process measured them: (start, ms, ok, records, late_ms), written by --timings-out.
+TIMINGS: list[tuple[float, float, bool, int, float]] = []
 ERRORS: Counter[str] = Counter()
 
 
@@ -101,6 +106,12 @@ def _arguments(parser: Any) -> None:
     group.add_argument("--timings-out", default="", help="write every request's timing to this JSON file at exit")
     group.add_argument(
         "--abort-fail-ratio", type=float, default=0.5, help="stop the run when more requests than this share fail"
+    )
+    group.add_argument(
+        "--target-rps",
+        type=float,
+        default=0.0,
+        help="open loop: send this many requests a second in all, on a fixed schedule (0: closed loop)",
     )
 
 
@@ -190,7 +201,9 @@ def _record(
     **_kwargs: Any,
 ) -> None:
     start = start_time if start_time is not None else time.time() - response_time / 1000.0
-    TIMINGS.append((start, float(response_time), exception is None, int((context or {}).get("records", 0))))
+    context = context or {}
+    late = float(context.get("late_ms", 0.0))
+    TIMINGS.append((start, float(response_time), exception is None, int(context.get("records", 0)), late))
     if exception is not None:
         ERRORS[f"{type(exception).__name__}: {str(exception)[:200]}"] += 1
 
@@ -220,6 +233,30 @@ def _on_init(environment: Environment, **_kwargs: Any) -> None:
         gevent.spawn(_fail_ratio_guard, environment, environment.parsed_options.abort_fail_ratio)
 
 
+# ------------------------------------------------------------------------------------------------ pacing
+class Pacer:
+    """One user's send schedule: closed loop (never waits) or every ``interval_s`` from a random phase, open loop."""
+
+    def __init__(self, environment: Environment) -> None:
+        options = _options(environment)
+        target = float(getattr(options, "target_rps", 0.0) or 0.0)
+        users = max(1, int(getattr(options, "num_users", 1) or 1))
+        self.interval_s = users / target if target > 0 else 0.0
+        self.next_s = time.perf_counter() + random.random() * self.interval_s
+
+    def wait(self) -> float:
+        """Sleep until this user's next slot; return how late (ms) the request leaves (0 in closed loop)."""
+        if not self.interval_s:
+            return 0.0
+        now = time.perf_counter()
+        if now < self.next_s:
+            gevent.sleep(self.next_s - now)
+            now = time.perf_counter()
+        late_ms = max(0.0, now - self.next_s) * 1000.0
+        self.next_s += self.interval_s  # a fixed schedule: a slot missed is sent late, never dropped
+        return late_ms
+
+
 # ------------------------------------------------------------------------------------------------ users
 class RecordsUser(FastHttpUser):
     """Raw records to ``POST /v1/models/{model}/predict``; a response must hold one prediction per record."""
@@ -232,18 +269,20 @@ class RecordsUser(FastHttpUser):
         self.path = f"/v1/models/{pool.model}/predict"
         self.records = pool.records_per_request
         self.cycle = itertools.islice(itertools.cycle(pool.bodies), random.randrange(len(pool.bodies)), None)
+        self.pacer = Pacer(self.environment)
 
     @task
     def predict(self) -> None:
         """One request."""
         body = next(self.cycle)
+        late_ms = self.pacer.wait()
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
         with self.client.post(
             self.path,
             data=body,
             headers=headers,
             name="records",
-            context={"records": self.records},
+            context={"records": self.records, "late_ms": late_ms},
             catch_response=True,
         ) as response:
             if response.status_code != 200:
@@ -318,6 +357,7 @@ class _TritonUser(User):
             self.requests.append((inputs, rows))
         start = random.randrange(len(self.requests))
         self.cycle = itertools.islice(itertools.cycle(self.requests), start, None)
+        self.pacer = Pacer(self.environment)
 
     def requested_outputs(self) -> list[Any]:
         """Fresh output requests (tritonclient mutates them per call)."""
@@ -331,6 +371,7 @@ class _TritonUser(User):
         """One inference: timed with perf_counter; the answer must hold a score per row of every output."""
         inputs, rows = next(self.cycle)
         outputs = self.requested_outputs()
+        late_ms = self.pacer.wait()
         exception: BaseException | None = None
         start_time = time.time()
         started = time.perf_counter()
@@ -350,7 +391,7 @@ class _TritonUser(User):
             response_time=elapsed_ms,
             response_length=rows,
             exception=exception,
-            context={"records": rows},
+            context={"records": rows, "late_ms": late_ms},
             start_time=start_time,
         )
 

@@ -43,6 +43,10 @@ def _ms(value: Any) -> str:
     return "-" if value is None else f"{value:,.3f}"
 
 
+def _cores(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def summary_table(report: dict[str, Any]) -> Table:
     """A load test's figures, one per row (readable at any terminal width); latency in ms at µs resolution."""
     table = Table(title=f"{report['model']} v{report['version']} · {report['protocol']} · {report['url']}")
@@ -50,6 +54,8 @@ def summary_table(report: dict[str, Any]) -> Table:
     table.add_column("value", justify="right")
     lat = report["latency_ms"]
     server = report.get("server") or {}
+    client = report.get("client") or {}
+    open_loop = report.get("open_loop")
     rows = [
         ("users", str(report["users"])),
         ("records per request", str(report["records_per_request"])),
@@ -57,6 +63,19 @@ def summary_table(report: dict[str, Any]) -> Table:
         ("requests/s", f"{report['requests_per_s']:,.1f}"),
         ("records/s", f"{report['records_per_s']:,.1f}"),
         *((f"latency {k} (ms)", _ms(lat[k])) for k in ("p50", "p90", "p95", "p99", "max")),
+    ]
+    if open_loop:
+        corrected = open_loop["latency_corrected_ms"]
+        kept = "kept up" if open_loop["kept_up"] else "FELL BEHIND"
+        rows += [
+            ("target requests/s (sent)", f"{open_loop['target_rps']:,.1f} ({open_loop['sent_per_s']:,.1f}, {kept})"),
+            *((f"from schedule {k} (ms)", _ms(corrected[k])) for k in ("p50", "p99", "max")),
+        ]
+    cores = [f"client {_cores(client.get('cores_used'))}"]
+    if server.get("cores_used") is not None:
+        cores.append(f"server {_cores(server['cores_used'])}")
+    rows += [
+        ("CPU cores used", f"{', '.join(cores)} of {report['host']['cores']}"),
         ("rows per model call", _ms(server.get("rows_per_model_call"))),
         ("server runtime", str(server.get("runtime") or "-")),
         ("host", f"{report['host']['cpu']} ({report['host']['cores']} cores), GPU {report['host']['gpu']}"),
@@ -74,7 +93,16 @@ def loadtest_cmd(
     protocol: Annotated[
         LoadProtocol, typer.Option("--protocol", help="records (/v1 raw records), v2-http or v2-grpc (tritonclient)")
     ] = LoadProtocol.records,
-    users: Annotated[int, typer.Option("--users", min=1, help="concurrent closed-loop users")] = 1,
+    users: Annotated[int, typer.Option("--users", min=1, help="concurrent users")] = 1,
+    target_rps: Annotated[
+        float | None,
+        typer.Option(
+            "--target-rps",
+            min=0.001,
+            help="open loop: send this many requests/s in all on a fixed schedule, latency counted from the "
+            "scheduled time (default: closed loop, each user sends when its last answer is in)",
+        ),
+    ] = None,
     spawn_rate: Annotated[
         float | None, typer.Option("--spawn-rate", min=0.1, help="users started per second (default: all at once)")
     ] = None,
@@ -123,6 +151,7 @@ def loadtest_cmd(
             duration_s=parse_duration(duration),
             warmup_s=0.0 if warmup.strip() in ("0", "0s", "") else parse_duration(warmup),
             records_per_request=records_per_request,
+            target_rps=target_rps,
             scenario_mix=scenario_mix,
             repo=repo,
             start_server=start_server,

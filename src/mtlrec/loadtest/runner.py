@@ -22,6 +22,7 @@ import ipaddress
 import json
 import os
 import re
+import resource
 import shlex
 import socket
 import subprocess
@@ -262,6 +263,7 @@ class LoadTestOptions:
     spawn_rate: float | None = None
     duration_s: float = 30.0
     records_per_request: int = 1
+    target_rps: float | None = None
     warmup_s: float = 0.0
     scenario_mix: str = "natural"
     repo: Path | None = None
@@ -295,16 +297,25 @@ def locust_command(options: LoadTestOptions, url: str, timings: Path) -> list[st
     ]  # fmt: skip
     if options.repo is not None:
         command += ["--repo", str(options.repo)]
+    if options.target_rps:
+        command += ["--target-rps", f"{options.target_rps:g}"]
     if options.grpc_url:
         command += ["--grpc-url", options.grpc_url]
     return [*command, *options.locust_args, PROTOCOL_USERS[options.protocol]]
 
 
-def run_locust(options: LoadTestOptions, url: str, timings: Path, log: Path) -> list[str]:
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def run_locust(options: LoadTestOptions, url: str, timings: Path, log: Path) -> tuple[list[str], dict[str, Any]]:
     """Run locust headless to completion (killed after the duration + :data:`LOCUST_GRACE_S`).
 
     Returns:
-        The command line that ran.
+        The command line that ran, and the load generator's CPU use: ``cpu_s`` (user + system seconds of the
+        locust process) and ``cores_used`` (``cpu_s`` over its wall time). A generator near one core (locust is one
+        gevent process) or near all of the host's cores measures itself as much as the server.
 
     Raises:
         LoadTestError: locust failed before measuring anything, or overran its deadline.
@@ -312,6 +323,7 @@ def run_locust(options: LoadTestOptions, url: str, timings: Path, log: Path) -> 
     command = locust_command(options, url, timings)
     timings.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cpu_before, started = _children_cpu_s(), time.monotonic()
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         try:
@@ -323,12 +335,24 @@ def run_locust(options: LoadTestOptions, url: str, timings: Path, log: Path) -> 
             ) from None
         finally:
             stop_process(process, timeout_s=5)
+    # The CPU time of reaped children: locust alone here (a started server is reaped only after this returns).
+    cpu_s, wall_s = _children_cpu_s() - cpu_before, time.monotonic() - started
     if not timings.is_file():
         raise LoadTestError(
             f"locust exited with status {process.returncode} without writing timings\n{_tail(log)}",
             hint=f"command: {shlex.join(command)}",
         )
-    return command
+    client = {"cpu_s": round(cpu_s, 2), "cores_used": round(cpu_s / wall_s, 2) if wall_s > 0 else None}
+    return command, client
+
+
+def _process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a running process so far (Linux ``/proc``; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def server_info(url: str, model: str) -> dict[str, Any]:
@@ -378,16 +402,25 @@ def _measure(options: LoadTestOptions, url: str, started_server: ServerProcess |
     before = server_info(url, options.model)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     timings_path = out / "timings.json"
-    command = run_locust(options, url, timings_path, out / "locust.log")
+    pid = started_server.process.pid if started_server else None
+    server_cpu_before, started = (_process_cpu_s(pid) if pid else None), time.monotonic()
+    command, client = run_locust(options, url, timings_path, out / "locust.log")
+    server_cpu_after, wall_s = (_process_cpu_s(pid) if pid else None), time.monotonic() - started
     after = server_info(url, options.model)
     timings, errors = read_timings(timings_path)
-    summary = summarize(timings, options.warmup_s)
+    summary = summarize(timings, options.warmup_s, options.target_rps)
     slo = check_slo(summary, options.p99_ms, options.max_fail_ratio)
     server = {
         **{k: v for k, v in after.items() if k not in ("rows", "model_calls")},
         "rows_per_model_call": _rows_per_call(before, after),
         "model_calls": after.get("model_calls", 0) - before.get("model_calls", 0) if "model_calls" in after else None,
         "started_by_loadtest": started_server is not None,
+        # CPU of a server this run started, over the locust run (None for a server given by --url).
+        "cores_used": (
+            round((server_cpu_after - server_cpu_before) / wall_s, 2)
+            if server_cpu_before is not None and server_cpu_after is not None and wall_s > 0
+            else None
+        ),
         "command": shlex.join(started_server.command) if started_server else None,
     }
     runtime = str(after.get("runtime") or "")
@@ -406,6 +439,7 @@ def _measure(options: LoadTestOptions, url: str, started_server: ServerProcess |
         duration_s=options.duration_s,
         warmup_s=options.warmup_s,
         errors=errors,
+        client={**client, "host_cores": os.cpu_count()},
         server=server,
         slo=slo,
         host=host_info(),
@@ -443,6 +477,10 @@ def run_load_test(options: LoadTestOptions) -> dict[str, Any]:
         require_module("matplotlib")
     if options.users < 1 or options.records_per_request < 1:
         raise ConfigError("--users and --records-per-request must be >= 1")
+    if options.target_rps is not None and options.target_rps <= 0:
+        raise ConfigError(
+            f"--target-rps must be positive, got {options.target_rps:g}", hint="leave it out for closed-loop users"
+        )
     if options.protocol not in PROTOCOL_USERS:
         raise ConfigError(f"unknown protocol `{options.protocol}`", hint=f"use one of {', '.join(PROTOCOL_USERS)}")
     if options.start_server and options.repo is None:

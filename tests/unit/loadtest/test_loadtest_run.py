@@ -48,3 +48,20 @@ def test_slo_exit_codes_and_report(exported_repo: Path, tmp_path: Path) -> None:
     assert report["protocol"] == "v2-http" and report["slo"]["passed"]  # type: ignore[index]
     assert report["server"]["rows_per_model_call"] >= 1  # type: ignore[index]
     assert "p99" in output or "req/s" in output
+
+
+@pytest.mark.slow
+def test_an_open_loop_run_keeps_its_schedule_and_reports_latency_from_it(exported_repo: Path, tmp_path: Path) -> None:
+    # 40 requests/s from 2 users is far below what the server answers: a closed loop would send thousands.
+    code, output, report = _run(exported_repo, tmp_path / "paced", "--target-rps", "40", "--p99-ms", "60000")
+    assert code == 0, output
+    loop = report["open_loop"]
+    assert isinstance(loop, dict) and loop["target_rps"] == 40 and loop["kept_up"], loop
+    measured_s = float(report["measured_s"])  # type: ignore[arg-type]
+    assert 0.8 * 40 * measured_s <= report["requests"] <= 40 * measured_s + 2  # type: ignore[operator]
+    corrected, served = loop["latency_corrected_ms"], report["latency_ms"]
+    assert corrected["p50"] >= served["p50"] and corrected["max"] >= served["max"]  # type: ignore[index]
+    client = report["client"]
+    assert isinstance(client, dict) and client["cpu_s"] > 0 and client["host_cores"] >= 1
+    assert report["server"]["cores_used"] is not None  # type: ignore[index]
+    assert "target requests/s" in output and "CPU cores used" in output

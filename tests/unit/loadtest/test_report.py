@@ -80,3 +80,28 @@ def test_read_timings_round_trip(tmp_path: Path) -> None:
     timings, errors = read_timings(path)
     assert timings == [Timing(1.5, 0.25, True, 2), Timing(2.0, 1.0, False, 2)]
     assert errors == {"E": 1}
+
+
+def test_read_timings_keeps_how_late_an_open_loop_request_left(tmp_path: Path) -> None:
+    path = tmp_path / "timings.json"
+    path.write_text(json.dumps({"timings": [[1.5, 0.25, True, 2, 3.5], [2.0, 1.0, True, 2]], "errors": {}}))
+    timings, _ = read_timings(path)
+    assert [t.late_ms for t in timings] == [3.5, 0.0]
+
+
+def test_open_loop_latency_counts_from_the_schedule_and_the_slo_uses_it() -> None:
+    # 100 requests scheduled every 10 ms, each served in 1 ms; a stall makes the last 10 leave 40 ms late.
+    timings = [Timing(100 + i * 0.01, 1.0, True, 1, late_ms=40.0 if i >= 90 else 0.0) for i in range(100)]
+    closed = summarize(timings)
+    assert closed["open_loop"] is None and closed["latency_ms"]["p99"] == 1.0
+    assert check_slo(closed, p99_ms=5, max_fail_ratio=None)["passed"]
+
+    summary = summarize(timings, target_rps=100.0)
+    loop = summary["open_loop"]
+    assert summary["latency_ms"]["p99"] == 1.0  # what the server took: unchanged
+    assert loop["latency_corrected_ms"]["p50"] == 1.0 and loop["latency_corrected_ms"]["max"] == 41.0
+    assert loop["late_ms"]["max"] == 40.0
+    assert loop["sent_per_s"] == pytest.approx(100 / 0.991, rel=1e-3) and loop["kept_up"]
+    slo = check_slo(summary, p99_ms=5, max_fail_ratio=None)
+    assert not slo["passed"] and slo["broken"][0].startswith("p99 from the schedule 41.000 ms")
+    assert not summarize(timings, target_rps=1000.0)["open_loop"]["kept_up"]  # sent ~101/s of 1000/s

@@ -67,3 +67,16 @@ def test_locust_command_is_bounded_and_names_the_user(tmp_path: Path) -> None:
     assert command[-1] == "V2HttpUser"
     assert command[command.index("--run-time") + 1] == "4s"
     assert "--headless" in command and command[command.index("--users") + 1] == "3"
+    assert "--target-rps" not in command  # closed loop by default
+    paced = LoadTestOptions(url=None, model="m", out=tmp_path, users=3, target_rps=250.0)
+    command = locust_command(paced, "http://127.0.0.1:5", tmp_path / "t.json")
+    assert command[command.index("--target-rps") + 1] == "250"
+
+
+def test_a_non_positive_target_rate_is_refused(tmp_path: Path) -> None:
+    from mtlrec.loadtest.runner import run_load_test
+
+    options = LoadTestOptions(url="http://127.0.0.1:1", model="m", out=tmp_path / "out", target_rps=0.0)
+    with pytest.raises(ConfigError, match="--target-rps must be positive"):
+        run_load_test(options)
+    assert not (tmp_path / "out").exists()
