@@ -371,3 +371,39 @@ def test_the_locustfile_load_tests_the_real_triton_server(
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["failures"] == 0 and report["requests"] > 0
+
+
+def test_ray_scoring_through_triton_equals_the_local_engine(
+    server: TritonServer, exported: Exported, loaded: dict[str, str], tmp_path: Path
+) -> None:
+    """`score --engine ray --triton-url`: each actor holds a Triton client (HTTP, then gRPC); same rows, same scores."""
+    ray = pytest.importorskip("ray", reason="ray (the [ray] extra) is not installed")
+    from mtlrec.data.loaders.synthetic import generate_impressions
+    from mtlrec.scoring.ray_engine import score_with_ray
+    from mtlrec.serving.score import score_file
+
+    assert loaded == {}
+    raw = generate_impressions(1_200, seed=3).drop(columns=["click", "conversion"])
+    folder = tmp_path / "events"
+    folder.mkdir()
+    raw.iloc[:700].to_parquet(folder / "part-0.parquet")
+    raw.iloc[700:].to_parquet(folder / "part-1.parquet")
+    local = pd.concat(
+        pd.read_parquet(score_file(part, exported.repo, exported.onnx, tmp_path / f"local-{part.name}").out)
+        for part in sorted(folder.iterdir())
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+            out = tmp_path / f"scores-{protocol}"
+            result = score_with_ray(
+                folder, exported.repo, exported.onnx, out, num_workers=1, triton_url=url, triton_protocol=protocol
+            )
+            scored = pd.read_parquet(out)
+            assert result.rows == len(scored) == len(raw) and result.runtime.startswith(f"triton {protocol}")
+            assert scored["impression_id"].is_unique and set(scored["impression_id"]) == set(raw["impression_id"])
+            merged = scored.merge(local, on="impression_id", suffixes=("", "_local"))
+            for name in exported.spec.output_names:
+                np.testing.assert_allclose(merged[name], merged[f"{name}_local"], atol=1e-6, err_msg=name)
+    finally:
+        ray.shutdown()

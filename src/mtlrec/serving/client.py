@@ -28,8 +28,8 @@ import numpy as np
 
 from mtlrec.errors import MtlrecError
 from mtlrec.serving.runners import (
+    TritonClients,
     TritonProtocol,
-    triton_client,
     triton_infer,
     triton_max_batch_size,
     triton_metadata,
@@ -208,7 +208,7 @@ class TritonRecordsClient:
     def __init__(self, url: str, model: str, protocol: TritonProtocol = "http", version: str = "") -> None:
         self.protocol: TritonProtocol = protocol
         self.version = version
-        self.client = triton_client(url, protocol)
+        self.clients = TritonClients(url, protocol)
         self.model = self._resolve(model)
         metadata = triton_metadata(self.client, protocol, self.model, version)
         self.inputs: list[dict[str, Any]] = [dict(i) for i in metadata.get("inputs", [])]
@@ -224,6 +224,11 @@ class TritonRecordsClient:
         except MtlrecError:
             return model  # no such ensemble: the model itself must take raw fields
         return candidate
+
+    @property
+    def client(self) -> Any:
+        """The calling thread's tritonclient client."""
+        return self.clients.get()
 
     def predict(self, records: Sequence[Record]) -> list[dict[str, float]]:
         """One ``{output: probability}`` per record, in order."""
@@ -241,10 +246,8 @@ class TritonRecordsClient:
         return out
 
     def close(self) -> None:
-        """Close the client's connections."""
-        close = getattr(self.client, "close", None)
-        if callable(close):
-            close()
+        """Close the clients' connections."""
+        self.clients.close()
 
 
 # ---------------------------------------------------------------------------------------------- one entry point

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 from types import TracebackType
@@ -205,6 +206,44 @@ def triton_client(url: str, protocol: TritonProtocol) -> Any:
         raise RunnerError(f"cannot open a Triton {protocol} client for {url}: {err}") from None
 
 
+class TritonClients:
+    """The tritonclient client of the calling thread: one per thread over HTTP, one shared over gRPC.
+
+    ``tritonclient.http`` runs on geventhttpclient, whose connections belong to the thread (gevent hub) that opened
+    them: used from another thread (a Ray Data actor's worker thread, a server's thread pool) it fails with
+    "Cannot switch to a different thread". The gRPC client is thread-safe and shared.
+    """
+
+    def __init__(self, url: str, protocol: TritonProtocol) -> None:
+        self.url, self.protocol = url, protocol
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._shared = triton_client(url, protocol)  # opened here: a bad address fails at construction
+        self._local.client = self._shared
+        self._opened: list[Any] = [self._shared]
+
+    def get(self) -> Any:
+        """This thread's client (opened on first use)."""
+        if self.protocol == "grpc":
+            return self._shared
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = triton_client(self.url, self.protocol)
+            self._local.client = client
+            with self._lock:
+                self._opened.append(client)
+        return client
+
+    def close(self) -> None:
+        """Close every client opened."""
+        with self._lock:
+            opened, self._opened = self._opened, []
+        for client in opened:
+            close = getattr(client, "close", None)
+            if callable(close):
+                close()
+
+
 def triton_call(what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
     """``call(*args, **kwargs)``; a tritonclient or connection failure becomes a RunnerError naming ``what``."""
     try:
@@ -298,7 +337,7 @@ class TritonRunner(_Closing):
         self.protocol: TritonProtocol = protocol
         self.version = version
         self.timeout_s = timeout_s
-        self.client = triton_client(url, protocol)
+        self.clients = TritonClients(url, protocol)
         metadata = triton_metadata(self.client, protocol, model, version)
         self.platform = str(metadata.get("platform", ""))
         served = {str(o["name"]) for o in metadata.get("outputs", [])}
@@ -312,6 +351,11 @@ class TritonRunner(_Closing):
                 )
             self.output_map[name] = wire
         self.max_batch_size = triton_max_batch_size(self.client, protocol, model, version)
+
+    @property
+    def client(self) -> Any:
+        """The calling thread's tritonclient client."""
+        return self.clients.get()
 
     @property
     def description(self) -> str:
@@ -338,7 +382,5 @@ class TritonRunner(_Closing):
         return {n: np.concatenate(v) for n, v in parts.items()}
 
     def close(self) -> None:
-        """Close the client's connections."""
-        close = getattr(self.client, "close", None)
-        if callable(close):
-            close()
+        """Close the clients' connections."""
+        self.clients.close()

@@ -118,3 +118,22 @@ def test_triton_module_missing_gives_an_install_hint(monkeypatch: pytest.MonkeyP
     with pytest.raises(RunnerError, match="not installed") as failure:
         triton_module("grpc")
     assert "pip install" in (failure.value.hint or "")
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_triton_http_clients_are_per_thread_and_grpc_is_shared(protocol: str) -> None:
+    pytest.importorskip(f"tritonclient.{protocol}", reason="tritonclient (the [triton] extra) is not installed")
+    import threading
+
+    from mtlrec.serving.runners import TritonClients
+
+    clients = TritonClients("127.0.0.1:1", protocol)  # type: ignore[arg-type]  # opening connects to nothing yet
+    mine = clients.get()
+    assert clients.get() is mine
+    other: list[object] = []
+    thread = threading.Thread(target=lambda: other.append(clients.get()))
+    thread.start()
+    thread.join()
+    # geventhttpclient's connections belong to the thread that opened them; gRPC's client is thread-safe.
+    assert (other[0] is mine) == (protocol == "grpc")
+    clients.close()
