@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from cli_run import run_cli as run
+from cli_run import tiny_mmoe_config
 from mtlrec.export import quantize
 from mtlrec.export.triton_config import parse, render
 
@@ -16,11 +17,7 @@ from mtlrec.export.triton_config import parse, render
 @pytest.fixture(scope="module")
 def run_dir(synthetic_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli_export")
-    config = root / "mmoe.yaml"
-    config.write_text(
-        "model: {name: mmoe, embed_dim: 4, num_experts: 2, expert: {hidden: [8]}, tower: {hidden: [4]}}\n"
-        "train: {epochs: 1, batch_size: 512}\n"
-    )
+    config = tiny_mmoe_config(root / "mmoe.yaml")
     code, out = run("train", "--data", synthetic_dir, "--config", config, "--out", root / "run")
     assert code == 0, out
     return root / "run"

@@ -46,14 +46,19 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
+def _parquet_folder(raw: pd.DataFrame, folder: Path, starts: tuple[int, ...]) -> Path:
+    """``raw`` split at ``starts`` into ``folder/part-<i>.parquet``."""
+    folder.mkdir()
+    for i, (start, end) in enumerate(zip(starts, (*starts[1:], len(raw)), strict=True)):
+        raw.iloc[start:end].to_parquet(folder / f"part-{i}.parquet")
+    return folder
+
+
 def test_ray_scores_a_parquet_folder_and_a_csv_like_the_local_engine(
     repo: Path, local_ray: None, tmp_path: Path
 ) -> None:
     raw = generate_impressions(3_000, seed=7).drop(columns=["click", "conversion"])
-    folder = tmp_path / "events"
-    folder.mkdir()
-    raw.iloc[:1_800].to_parquet(folder / "part-0.parquet")
-    raw.iloc[1_800:].to_parquet(folder / "part-1.parquet")
+    folder = _parquet_folder(raw, tmp_path / "events", (0, 1_800))
     raw.iloc[:500].to_csv(tmp_path / "events.csv", index=False)
     local = pd.read_parquet(score_file(folder / "part-0.parquet", repo, "mmoe", tmp_path / "local.parquet").out)
     local = pd.concat(
@@ -119,10 +124,7 @@ def test_an_actor_that_dies_mid_run_is_replaced_and_the_output_is_complete(
     repo: Path, local_ray: None, tmp_path: Path
 ) -> None:
     raw = generate_impressions(2_000, seed=5).drop(columns=["click", "conversion"])
-    folder = tmp_path / "events"
-    folder.mkdir()
-    for i in range(4):
-        raw.iloc[i * 500 : (i + 1) * 500].to_parquet(folder / f"part-{i}.parquet")
+    folder = _parquet_folder(raw, tmp_path / "events", (0, 500, 1_000, 1_500))
     DiesOnce.marker = str(tmp_path / "died")
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import this test module
     try:

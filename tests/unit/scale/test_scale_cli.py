@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from cli_run import run_cli as run
+from cli_run import tiny_mmoe_config
 from mtlrec.data.dataset import SCHEMA_HASH_KEY, open_prepared
 from mtlrec.data.prepare import prepare
 from mtlrec.errors import DataError
@@ -30,11 +31,7 @@ RECORDS: list[dict[str, Any]] = [
 def ddp_repo(sharded_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`mtlrec train --nproc 2` (gloo, 2 CPU processes) then `mtlrec export`, as a user runs them."""
     root = tmp_path_factory.mktemp("ddp_cli")
-    config = root / "mmoe.yaml"
-    config.write_text(
-        "model: {name: mmoe, embed_dim: 4, num_experts: 2, expert: {hidden: [8]}, tower: {hidden: [4]}}\n"
-        "train: {epochs: 1, batch_size: 512, num_threads: 1}\n"
-    )
+    config = tiny_mmoe_config(root / "mmoe.yaml", train="{epochs: 1, batch_size: 512, num_threads: 1}")
     code, out = run("train", "--data", sharded_dir, "--config", config, "--nproc", 2, "--out", root / "run")
     assert code == 0, out
     assert "launching 2 processes" in out
