@@ -336,9 +336,9 @@ class PreparedData:
             raise DataError(f"unknown split `{name}`", hint=f"use one of {', '.join(SPLITS)}")
         path = self.root / f"{name}.parquet"
         if path.is_file():
-            check_schema_hash(path, self.schema.hash())
-            return [path]
-        found = sorted((self.root / name).glob("part-*.parquet")) if (self.root / name).is_dir() else []
+            found = [path]
+        else:
+            found = sorted((self.root / name).glob("part-*.parquet")) if (self.root / name).is_dir() else []
         if not found:
             raise DataError(
                 f"split `{name}` not found in {self.root} (neither {name}.parquet nor {name}/part-*.parquet)",

@@ -309,13 +309,11 @@ def _children_cpu_s() -> float:
     return float(usage.ru_utime + usage.ru_stime)
 
 
-def run_locust(options: LoadTestOptions, url: str, timings: Path, log: Path) -> tuple[list[str], dict[str, Any]]:
+def run_locust(options: LoadTestOptions, url: str, timings: Path, log: Path) -> list[str]:
     """Run locust headless to completion (killed after the duration + :data:`LOCUST_GRACE_S`).
 
     Returns:
-        The command line that ran, and the load generator's CPU use: ``cpu_s`` (user + system seconds of the
-        locust process) and ``cores_used`` (``cpu_s`` over its wall time). A generator near one core (locust is one
-        gevent process) or near all of the host's cores measures itself as much as the server.
+        The command line that ran.
 
     Raises:
         LoadTestError: locust failed before measuring anything, or overran its deadline.
@@ -323,7 +321,6 @@ def run_locust(options: LoadTestOptions, url: str, timings: Path, log: Path) -> 
     command = locust_command(options, url, timings)
     timings.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cpu_before, started = _children_cpu_s(), time.monotonic()
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         try:
@@ -335,24 +332,28 @@ def run_locust(options: LoadTestOptions, url: str, timings: Path, log: Path) -> 
             ) from None
         finally:
             stop_process(process, timeout_s=5)
-    # The CPU time of reaped children: locust alone here (a started server is reaped only after this returns).
-    cpu_s, wall_s = _children_cpu_s() - cpu_before, time.monotonic() - started
     if not timings.is_file():
         raise LoadTestError(
             f"locust exited with status {process.returncode} without writing timings\n{_tail(log)}",
             hint=f"command: {shlex.join(command)}",
         )
-    client = {"cpu_s": round(cpu_s, 2), "cores_used": round(cpu_s / wall_s, 2) if wall_s > 0 else None}
-    return command, client
+    return command
 
 
-def _process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of a running process so far (Linux ``/proc``; None elsewhere)."""
+def _process_cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of a running process so far (Linux ``/proc``; None elsewhere or without a pid)."""
+    if pid is None:
+        return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def _cores_used(before: float | None, after: float | None, wall_s: float) -> float | None:
+    """CPU seconds spent between two readings over the wall time: the cores a process kept busy."""
+    return round((after - before) / wall_s, 2) if before is not None and after is not None and wall_s > 0 else None
 
 
 def server_info(url: str, model: str) -> dict[str, Any]:
@@ -402,10 +403,13 @@ def _measure(options: LoadTestOptions, url: str, started_server: ServerProcess |
     before = server_info(url, options.model)
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     timings_path = out / "timings.json"
+    # CPU over the locust run: locust's from the reaped children (a started server is reaped only after this
+    # returns), a started server's from /proc. A generator near one core (locust is one gevent process) or near all
+    # of the host's cores measures itself as much as the server.
     pid = started_server.process.pid if started_server else None
-    server_cpu_before, started = (_process_cpu_s(pid) if pid else None), time.monotonic()
-    command, client = run_locust(options, url, timings_path, out / "locust.log")
-    server_cpu_after, wall_s = (_process_cpu_s(pid) if pid else None), time.monotonic() - started
+    client_before, server_before, started = _children_cpu_s(), _process_cpu_s(pid), time.monotonic()
+    command = run_locust(options, url, timings_path, out / "locust.log")
+    client_after, server_after, wall_s = _children_cpu_s(), _process_cpu_s(pid), time.monotonic() - started
     after = server_info(url, options.model)
     timings, errors = read_timings(timings_path)
     summary = summarize(timings, options.warmup_s, options.target_rps)
@@ -415,12 +419,7 @@ def _measure(options: LoadTestOptions, url: str, started_server: ServerProcess |
         "rows_per_model_call": _rows_per_call(before, after),
         "model_calls": after.get("model_calls", 0) - before.get("model_calls", 0) if "model_calls" in after else None,
         "started_by_loadtest": started_server is not None,
-        # CPU of a server this run started, over the locust run (None for a server given by --url).
-        "cores_used": (
-            round((server_cpu_after - server_cpu_before) / wall_s, 2)
-            if server_cpu_before is not None and server_cpu_after is not None and wall_s > 0
-            else None
-        ),
+        "cores_used": _cores_used(server_before, server_after, wall_s),  # None for a server given by --url
         "command": shlex.join(started_server.command) if started_server else None,
     }
     runtime = str(after.get("runtime") or "")
@@ -439,7 +438,11 @@ def _measure(options: LoadTestOptions, url: str, started_server: ServerProcess |
         duration_s=options.duration_s,
         warmup_s=options.warmup_s,
         errors=errors,
-        client={**client, "host_cores": os.cpu_count()},
+        client={
+            "cpu_s": round(client_after - client_before, 2),
+            "cores_used": _cores_used(client_before, client_after, wall_s),
+            "host_cores": os.cpu_count(),
+        },
         server=server,
         slo=slo,
         host=host_info(),
